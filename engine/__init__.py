@@ -1,0 +1,1 @@
+"""The deepserve engine: a DeepSeek-style PyTorch inference engine served by Triton."""

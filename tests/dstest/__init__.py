@@ -1,0 +1,1 @@
+"""Shared test support: the cluster handle, namespaces and object builders."""
