@@ -36,6 +36,12 @@ def register(sub: Any) -> None:
     st.add_argument("-o", "--output", choices=["text", "json"], default="text")
     st.set_defaults(func=_status)
 
+    r = dev.add_parser("runner", help="(dev only) play engine pods with real local Triton processes")
+    r.add_argument("--kubeconfig", required=True)
+    r.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an engine container variable (e.g. the usage endpoint)")
+    r.set_defaults(func=_runner)
+
     kc = dev.add_parser("kubeconfig", help="print the admin kubeconfig path")
     _common(kc)
     kc.set_defaults(func=lambda a: print(_cluster(a).kubeconfig) or 0)
@@ -113,3 +119,16 @@ def _status(args: argparse.Namespace) -> int:
                 v = ", ".join(f"{a}={b}" for a, b in v.items())
             print(f"{k:12} {v}")
     return 0 if st["healthy"] else 1
+
+
+def _runner(args: argparse.Namespace) -> int:
+    from deepserve.operator.dev.runner import LocalRunner
+
+    overrides = dict(e.split("=", 1) for e in args.env)
+    runner = LocalRunner(args.kubeconfig, env_overrides=overrides)
+    _say("local runner playing pods labelled deepserve.io/runner=local (Ctrl-C stops)")
+    try:
+        runner.run()
+    finally:
+        runner.stop()
+    return 0
