@@ -185,14 +185,25 @@ def _build_etcd(out: Path, say: Callable[[str], None]) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _go_install(pkg: str, name: str, out: Path, say: Callable[[str], None]) -> None:
+def _helm_ldflags() -> str:
+    """Helm's release builds stamp the Kubernetes version it assumes for `helm template`
+    and `helm lint`; without it Helm assumes v1.20 and refuses charts that need newer."""
+    major, minor = KUBERNETES_VERSION.lstrip("v").split(".")[:2]
+    flags = ["-s -w", f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"]
+    for pkg in ("helm.sh/helm/v3/pkg/chartutil", "helm.sh/helm/v3/pkg/lint/rules"):
+        flags += [f"-X {pkg}.k8sVersionMajor={major}", f"-X {pkg}.k8sVersionMinor={minor}"]
+    return " ".join(flags)
+
+
+def _go_install(pkg: str, name: str, out: Path, say: Callable[[str], None],
+                ldflags: str = "-s -w") -> None:
     work = Path(tempfile.mkdtemp(prefix="deepserve-goinstall-"))
     env = _go_env(work)
     env["GOBIN"] = str(out)
     env.pop("GOFLAGS", None)
     try:
         say(f"building {name} ({pkg})...")
-        _run(["go", "install", "-trimpath", "-ldflags", "-s -w", pkg], work, env, say)
+        _run(["go", "install", "-trimpath", "-ldflags", ldflags, pkg], work, env, say)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -222,6 +233,7 @@ def build(force: bool = False, say: Callable[[str], None] = print) -> Toolchain:
     if "kwok" in todo:
         _go_install(f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}", "kwok", out, say)
     if "helm" in todo:
-        _go_install(f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}", "helm", out, say)
+        _go_install(f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}", "helm", out, say,
+                    ldflags=_helm_ldflags())
     say(f"tools ready in {out} after {time.monotonic() - t0:.0f}s")
     return resolve()

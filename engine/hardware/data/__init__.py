@@ -1,0 +1,1 @@
+"""Reviewed accelerator data files (YAML), one per vendor family; read by ``catalog.load_catalog``."""

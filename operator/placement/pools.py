@@ -1,0 +1,250 @@
+"""Node pools: what the planner may place on, from Nodes, Pods and GPUNodePool objects.
+
+Inputs are plain dicts as the Kubernetes API returns them; nothing here talks to a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepserve.engine.hardware import DEEPSERVE_LABEL, LABEL_KEYS, Catalog, load_catalog
+
+log = logging.getLogger(__name__)
+
+GPU_RESOURCES: tuple[str, ...] = (
+    "nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915", "gpu.intel.com/xe", "habana.ai/gaudi",
+    "google.com/tpu", "aws.amazon.com/neuron", "huawei.com/Ascend910",
+)
+"""Extended resources that count accelerators (one unit = one catalog device)."""
+
+POOL_LABELS: tuple[str, ...] = (
+    "deepserve.io/pool", "cloud.google.com/gke-nodepool", "karpenter.sh/nodepool",
+    "eks.amazonaws.com/nodegroup", "kubernetes.azure.com/agentpool", "agentpool",
+)
+"""Node labels that name the pool a node belongs to, in order of preference."""
+
+
+@dataclass(frozen=True)
+class PoolOffer:
+    """A pool of identical accelerator nodes and what it can still take."""
+
+    name: str
+    accelerator_id: str
+    gpus_per_node: int
+    nodes: int
+    free_gpus: int
+    price_per_gpu_hour: float | None = None
+    currency: str = "USD"
+    max_nodes: int = 0
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    source: str = "nodes"
+    node_free_gpus: tuple[int, ...] = ()
+    """Free GPUs per existing node; when given, replicas must fit within one node each."""
+
+    def replica_capacity(self, gpus_per_replica: int) -> int:
+        """How many replicas of ``gpus_per_replica`` GPUs fit now plus by scaling to max_nodes."""
+        if gpus_per_replica <= 0 or gpus_per_replica > self.gpus_per_node:
+            return 0
+        if self.node_free_gpus:
+            now = sum(f // gpus_per_replica for f in self.node_free_gpus)
+        else:
+            now = self.free_gpus // gpus_per_replica
+        growth = max(0, self.max_nodes - self.nodes) * (self.gpus_per_node // gpus_per_replica)
+        return now + growth
+
+
+@dataclass
+class DiscoveredPools:
+    """Pools found in a cluster, plus warnings for what could not be identified."""
+
+    pools: list[PoolOffer]
+    unknown: list[str]
+
+
+def _spec_offer(name: str, spec: Mapping[str, Any], source: str, nodes: int = 0,
+                free: int = 0, node_free: tuple[int, ...] = ()) -> PoolOffer:
+    price = spec.get("pricePerGpuHour")
+    gpn = int(spec.get("gpusPerNode") or 0)
+    return PoolOffer(
+        name=name, accelerator_id=str(spec.get("acceleratorId", "")), gpus_per_node=gpn,
+        nodes=nodes, free_gpus=free,
+        price_per_gpu_hour=float(price) if price is not None else None,
+        currency=str(spec.get("currency") or "USD"), max_nodes=int(spec.get("maxNodes") or nodes),
+        node_selector=dict(spec.get("nodeSelector") or {}), source=source,
+        node_free_gpus=node_free,
+    )
+
+
+def pools_from_document(doc: Any) -> list[PoolOffer]:
+    """Read pools from a parsed pools file: ``{pools: [...]}``, a list, or GPUNodePool manifests.
+
+    Each entry uses GPUNodePool spec keys (``acceleratorId``, ``gpusPerNode``, ``maxNodes``,
+    ``pricePerGpuHour``, ``currency``, ``nodeSelector``) plus ``name``, ``nodes`` and
+    ``freeGpus`` (default: every GPU of ``nodes`` nodes is free). Raises ValueError naming
+    the entry and field.
+    """
+    entries = doc.get("pools", doc.get("items")) if isinstance(doc, Mapping) else doc
+    if isinstance(doc, Mapping) and doc.get("kind") == "GPUNodePool":
+        entries = [doc]
+    if not isinstance(entries, list):
+        raise ValueError("pools file: expected a 'pools' list or GPUNodePool manifests")
+    offers = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"pools[{i}]: expected a mapping")
+        spec = entry.get("spec", entry)
+        name = entry.get("metadata", {}).get("name") if "spec" in entry else entry.get("name")
+        if not name or not spec.get("acceleratorId") or not spec.get("gpusPerNode"):
+            raise ValueError(f"pools[{i}]: 'name', 'acceleratorId' and 'gpusPerNode' are required")
+        nodes = int(spec.get("nodes", 0))
+        free = int(spec.get("freeGpus", nodes * int(spec["gpusPerNode"])))
+        offers.append(_spec_offer(str(name), spec, "GPUNodePool", nodes, free))
+    return offers
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def _gpu_quantity(resources: Mapping[str, Any] | None) -> tuple[str, int]:
+    for key in GPU_RESOURCES:
+        if resources and key in resources:
+            return key, int(str(resources[key]))
+    return "", 0
+
+
+def _node_ready(node: Mapping[str, Any]) -> bool:
+    if (node.get("spec") or {}).get("unschedulable"):
+        return False
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    return True  # no conditions reported (fresh fake node): count it
+
+
+def _pod_gpus(pod: Mapping[str, Any]) -> int:
+    """GPUs a pod holds: max(largest init container, sum of app containers), limits win."""
+    spec = pod.get("spec") or {}
+
+    def one(container: Mapping[str, Any]) -> int:
+        res = container.get("resources") or {}
+        return max(_gpu_quantity(res.get("limits"))[1], _gpu_quantity(res.get("requests"))[1])
+
+    app = sum(one(c) for c in spec.get("containers") or [])
+    init = max((one(c) for c in spec.get("initContainers") or []), default=0)
+    return max(app, init)
+
+
+def _used_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    used: dict[str, int] = {}
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        if node and phase not in ("Succeeded", "Failed"):
+            used[node] = used.get(node, 0) + _pod_gpus(pod)
+    return used
+
+
+def _matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _identifying_label(catalog: Catalog, labels: Mapping[str, str], acc_id: str) -> dict[str, str]:
+    """The node label that named the accelerator, usable as the pool's node selector."""
+    for key in (DEEPSERVE_LABEL, *LABEL_KEYS.values()):
+        if key in labels and any(a.id == acc_id for a in catalog.candidates_by_label(key, labels[key])):
+            return {key: labels[key]}
+    return {DEEPSERVE_LABEL: acc_id}
+
+
+@dataclass
+class _Group:
+    selector: dict[str, str]
+    accelerator_id: str
+    gpus_per_node: int = 0
+    nodes: int = 0
+    free: list[int] = field(default_factory=list)
+
+
+def discover_pools(
+    nodes: list[dict], pods: list[dict], gpu_node_pools: list[dict],
+    catalog: Catalog | None = None,
+) -> DiscoveredPools:
+    """Group GPU nodes into pools and merge them with GPUNodePool objects.
+
+    A node joins the first GPUNodePool whose ``spec.nodeSelector`` it matches, else the pool
+    named by its pool label (``POOL_LABELS``), else a pool per accelerator and GPU count.
+    Free GPUs = allocatable minus what bound, unfinished pods request. Nodes whose accelerator
+    no label identifies are reported in ``unknown`` and left out, never guessed.
+    """
+    catalog = catalog or load_catalog()
+    used = _used_by_node(pods)
+    unknown: list[str] = []
+    groups: dict[str, _Group] = {}
+    declared = {(p.get("metadata") or {}).get("name", ""): p for p in gpu_node_pools}
+    for node in nodes:
+        name = (node.get("metadata") or {}).get("name", "?")
+        labels = _labels(node)
+        status = node.get("status") or {}
+        resource, capacity = _gpu_quantity(status.get("allocatable") or status.get("capacity"))
+        if capacity <= 0:
+            continue  # CPU-only node
+        acc = catalog.resolve_node_labels(labels)
+        pool_name = next((n for n, p in declared.items()
+                          if _matches((p.get("spec") or {}).get("nodeSelector") or {}, labels)), "")
+        if acc is None:
+            if pool_name:
+                acc_id = str((declared[pool_name].get("spec") or {}).get("acceleratorId", ""))
+                acc = catalog.get(acc_id) if acc_id in catalog else None
+            if acc is None:
+                shown = {k: v for k, v in labels.items() if "gpu" in k or "accelerator" in k}
+                unknown.append(f"node {name}: {capacity} {resource} but no known accelerator "
+                               f"label ({shown or 'none'}); left out")
+                continue
+        if not pool_name:
+            key = next((k for k in POOL_LABELS if k in labels), "")
+            pool_name = labels[key] if key else f"{acc.id}-x{capacity}"
+            selector = {key: labels[key]} if key else _identifying_label(catalog, labels, acc.id)
+        else:
+            selector = dict((declared[pool_name].get("spec") or {}).get("nodeSelector") or {})
+        grp = groups.setdefault(pool_name, _Group(selector, acc.id))
+        if grp.accelerator_id != acc.id:
+            unknown.append(f"node {name}: accelerator {acc.id} differs from pool {pool_name}'s "
+                           f"{grp.accelerator_id}; left out")
+            continue
+        grp.gpus_per_node = max(grp.gpus_per_node, capacity)
+        if _node_ready(node):
+            grp.nodes += 1
+            grp.free.append(max(0, capacity - used.get(name, 0)))
+
+    offers: list[PoolOffer] = []
+    for pool_name, obj in declared.items():
+        spec = dict(obj.get("spec") or {})
+        group: _Group | None = groups.pop(pool_name, None)
+        acc_id = str(spec.get("acceleratorId", ""))
+        if acc_id not in catalog:
+            unknown.append(f"GPUNodePool {pool_name}: unknown acceleratorId {acc_id!r}; left out")
+            continue
+        if group is None:
+            offers.append(_spec_offer(pool_name, spec, "GPUNodePool"))
+            continue
+        if group.accelerator_id != acc_id:
+            unknown.append(f"GPUNodePool {pool_name}: nodes carry {group.accelerator_id}, "
+                           f"spec says {acc_id}; node labels win")
+            spec["acceleratorId"] = group.accelerator_id
+        spec["gpusPerNode"] = spec.get("gpusPerNode") or group.gpus_per_node
+        spec["maxNodes"] = max(int(spec.get("maxNodes") or 0), group.nodes)
+        offers.append(_spec_offer(pool_name, spec, "both", group.nodes, sum(group.free),
+                                  tuple(group.free)))
+    for pool_name, group in groups.items():
+        offers.append(PoolOffer(
+            name=pool_name, accelerator_id=group.accelerator_id,
+            gpus_per_node=group.gpus_per_node, nodes=group.nodes, free_gpus=sum(group.free),
+            max_nodes=group.nodes, node_selector=group.selector, source="nodes",
+            node_free_gpus=tuple(group.free),
+        ))
+    log.debug("discovered %d pools, %d warnings", len(offers), len(unknown))
+    return DiscoveredPools(pools=sorted(offers, key=lambda o: o.name), unknown=unknown)
