@@ -24,9 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
-
 from deepserve.engine.triton.local import LocalTriton
+from kubernetes import client, config
 
 log = logging.getLogger(__name__)
 
