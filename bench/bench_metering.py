@@ -1,0 +1,222 @@
+"""Metering benchmarks; prints figures (not a test).
+
+    .venv/bin/python bench/bench_metering.py [--events 200000] [--export-events 1000000]
+        [--pods 1000] [--only ingest,scrape,export]
+
+1. Events ingested per second on one core, through ``UsageLedger.ingest`` (validated
+   events) and ``ingest_dicts`` (JSON wire form: decode + validate + store), with
+   ``synchronous=FULL`` (the default: acknowledged = durable across power loss) and
+   ``NORMAL`` (durable across process crashes only). Goal >= 50,000/s.
+2. Scrape cycle for N simulated pod endpoints: parsing N Triton-shaped exposition texts
+   in-process, and a bounded loopback HTTP test (one local server, N endpoint paths,
+   ``scrape_many`` with 64 workers). Goal <= 1 s for 1,000.
+3. FOCUS export of 1M events (plus CloudEvents for comparison). Goal <= 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from deepserve.engine.usage import UsageEvent
+from deepserve.operator.metering import (
+    PriceSheet,
+    UsageLedger,
+    export,
+    parse_metrics_text,
+    scrape_many,
+)
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def make_events(n: int, offset: int = 0, spread_s: int = 86_400) -> list[UsageEvent]:
+    """n events over 40 accounts, 12 models, spread over a day."""
+    out = []
+    for i in range(offset, offset + n):
+        start = T0 + timedelta(seconds=(i * 7919) % spread_s, microseconds=i % 1_000_000)
+        out.append(UsageEvent.create(
+            model=f"model-{i % 12}", version=f"v{i % 2}", namespace=f"team-{i % 5}",
+            account=f"acct-{i % 40}", request_id=f"req-{i}", prompt_tokens=50 + i % 900,
+            generated_tokens=i % 700, compute_ms=12.5 + i % 50, precision="bf16",
+            started_at=start, ended_at=start + timedelta(milliseconds=200 + i % 3000),
+            status=("ok", "ok", "ok", "cancelled", "error")[i % 5], tenant=f"t{i % 9}",
+            ttft_ms=30.0))
+    return out
+
+
+def bench_ingest(n: int, tmp: Path) -> None:
+    print(f"== ingest: {n:,} events, batches of 1,000, one process/one core ==")
+    t = time.perf_counter()
+    events = make_events(n)
+    print(f"   (building {n:,} UsageEvent objects took {time.perf_counter() - t:.2f} s)")
+    wire = [json.dumps({"events": [e.to_dict() for e in events[i:i + 1000]]}).encode()
+            for i in range(0, n, 1000)]
+    for sync in ("FULL", "NORMAL"):
+        for mode in ("events", "wire"):
+            path = tmp / f"ingest-{sync}-{mode}.db"
+            with UsageLedger(path, synchronous=sync) as ledger:
+                t, c = time.perf_counter(), time.process_time()
+                if mode == "events":
+                    for i in range(0, n, 1000):
+                        ledger.ingest(events[i:i + 1000])
+                else:
+                    for body in wire:
+                        ledger.ingest_dicts(json.loads(body)["events"])
+                dt, cpu = time.perf_counter() - t, time.process_time() - c
+                count = ledger._read("SELECT COUNT(*) FROM events")[0][0]
+            assert count == n
+            label = "UsageEvent objects" if mode == "events" else "JSON wire batches "
+            print(f"   synchronous={sync:6} {label}: {n / dt:>9,.0f} events/s wall "
+                  f"({dt:.2f} s), {n / cpu:>9,.0f} events/CPU-s")
+
+
+def triton_text(pod: int) -> str:
+    """A Triton-shaped exposition (~60 lines) for one pod."""
+    lines = []
+    for name, typ in (("nv_inference_request_success", "counter"),
+                      ("nv_inference_request_failure", "counter"),
+                      ("nv_inference_count", "counter"), ("nv_inference_exec_count", "counter"),
+                      ("nv_inference_request_duration_us", "counter"),
+                      ("nv_inference_queue_duration_us", "counter"),
+                      ("nv_inference_compute_input_duration_us", "counter"),
+                      ("nv_inference_compute_infer_duration_us", "counter"),
+                      ("nv_inference_compute_output_duration_us", "counter"),
+                      ("nv_inference_pending_request_count", "gauge"),
+                      ("deepserve_prompt_tokens", "counter"),
+                      ("deepserve_generated_tokens", "counter")):
+        lines += [f"# HELP {name} {name.replace('_', ' ')}", f"# TYPE {name} {typ}"]
+        suffix = "_total" if name.startswith("deepserve") else ""
+        for model in ("chat", "chat-draft"):
+            lines.append(f'{name}{suffix}{{model="{model}",version="1"}} {pod * 37 + len(name)}')
+    lines += ["# TYPE nv_gpu_utilization gauge"]
+    lines += [f'nv_gpu_utilization{{gpu_uuid="GPU-{pod}-{g}"}} 0.{g + 3}' for g in range(8)]
+    # families Triton also exposes that metering does not read (filtered before parsing)
+    for name in ("nv_gpu_memory_total_bytes", "nv_gpu_memory_used_bytes", "nv_gpu_power_usage",
+                 "nv_gpu_power_limit", "nv_energy_consumption"):
+        lines += [f"# HELP {name} {name}", f"# TYPE {name} gauge"]
+        lines += [f'{name}{{gpu_uuid="GPU-{pod}-{g}"}} 7.1e10' for g in range(8)]
+    for name in ("nv_cpu_utilization", "nv_cpu_memory_total_bytes", "nv_cpu_memory_used_bytes",
+                 "nv_cache_num_hits_per_model", "nv_cache_num_misses_per_model"):
+        lines += [f"# HELP {name} {name}", f"# TYPE {name} gauge", f"{name} 1"]
+    return "\n".join(lines) + "\n"
+
+
+def bench_scrape(pods: int) -> None:
+    print(f"== scrape cycle: {pods:,} simulated pod endpoints ==")
+    texts = [triton_text(p) for p in range(pods)]
+    t, c = time.perf_counter(), time.process_time()
+    samples = [parse_metrics_text(text) for text in texts]
+    dt, cpu = time.perf_counter() - t, time.process_time() - c
+    assert all(s.counter_totals()["requests_success"] > 0 for s in samples)
+    print(f"   in-process parse of {pods:,} texts ({len(texts[0]):,} bytes each): "
+          f"{dt:.3f} s wall, {cpu:.3f} s CPU")
+
+    # The endpoints are served by another process (as pods would be), so the scraper's
+    # figure is not shared with the server's CPU time inside one interpreter.
+    server = subprocess.Popen([sys.executable, __file__, "--serve-pods", str(pods)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        urls = [f"http://127.0.0.1:{port}/pod/{p}/metrics" for p in range(pods)]
+        t = time.perf_counter()
+        results = scrape_many(urls, timeout=5.0, workers=64)
+        dt = time.perf_counter() - t
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    failed = sum(1 for r in results.values() if isinstance(r, Exception))
+    print(f"   loopback HTTP scrape_many (64 workers, endpoints in another process): "
+          f"{dt:.3f} s, {failed} failed")
+
+
+def serve_pods(pods: int) -> None:
+    """Serve /pod/<i>/metrics for i < pods on a free loopback port (bench helper)."""
+    bodies = {f"/pod/{p}/metrics": triton_text(p).encode() for p in range(pods)}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self) -> None:
+            body = bodies[self.path]
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 1024
+
+    server = Server(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+def bench_export(n: int, tmp: Path) -> None:
+    print(f"== export: {n:,} events in the ledger ==")
+    path = tmp / "export.db"
+    with UsageLedger(path, synchronous="NORMAL") as ledger:
+        ledger.set_prices(PriceSheet.from_dict({"default": {
+            "promptPerMillion": "0.5", "generatedPerMillion": "1.5", "perRequest": "0.0001"}}),
+            T0 - timedelta(days=1))
+        t = time.perf_counter()
+        step = 50_000
+        for offset in range(0, n, step):
+            batch = make_events(min(step, n - offset), offset)
+            for i in range(0, len(batch), 5000):
+                ledger.ingest(batch[i:i + 5000])
+        print(f"   (loading took {time.perf_counter() - t:.1f} s)")
+        window = (T0, T0 + timedelta(days=2))
+        for fmt in ("focus", "cloudevents"):
+            out = io.StringIO()
+            t, c = time.perf_counter(), time.process_time()
+            records = export(ledger, fmt, *window, out)
+            dt, cpu = time.perf_counter() - t, time.process_time() - c
+            print(f"   {fmt:12} hour-aligned window: {dt:6.2f} s wall, {cpu:6.2f} s CPU, "
+                  f"{records:,} records, {len(out.getvalue()) / 1e6:.1f} MB")
+        out = io.StringIO()
+        t = time.perf_counter()
+        records = export(ledger, "focus", T0 + timedelta(seconds=1), window[1], out)
+        print(f"   focus        unaligned window (aggregates from raw events): "
+              f"{time.perf_counter() - t:6.2f} s, {records:,} rows")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--export-events", type=int, default=1_000_000)
+    parser.add_argument("--pods", type=int, default=1000)
+    parser.add_argument("--only", default="ingest,scrape,export")
+    parser.add_argument("--serve-pods", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_pods:
+        serve_pods(args.serve_pods)
+        return
+    only = set(args.only.split(","))
+    print(f"cpu count {os.cpu_count()}, sqlite {__import__('sqlite3').sqlite_version}")
+    with tempfile.TemporaryDirectory(prefix="bench-metering-") as d:
+        if "ingest" in only:
+            bench_ingest(args.events, Path(d))
+        if "scrape" in only:
+            bench_scrape(args.pods)
+        if "export" in only:
+            bench_export(args.export_events, Path(d))
+
+
+if __name__ == "__main__":
+    main()
