@@ -1,0 +1,1 @@
+"""Model definitions: arguments from config.json, layers, attention, caches, transformer."""

@@ -1,0 +1,71 @@
+"""Static, preallocated KV caches: one object per layer, indexed by (slot, position).
+
+A *slot* holds one sequence; shapes never change after allocation, so decode steps can
+be captured by CUDA graphs / ``torch.compile``. Part 2 (prefix cache, paging) replaces
+these objects behind the same ``update`` method.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class KVCache(nn.Module):
+    """Keys and values per KV head: ``[slots, kv_heads, max_seq, head_dim]``."""
+
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+
+    def __init__(self, slots: int, kv_heads: int, max_seq: int, k_dim: int, v_dim: int,
+                 dtype: torch.dtype, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.register_buffer("k_cache", torch.zeros(slots, kv_heads, max_seq, k_dim,
+                                                    dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(slots, kv_heads, max_seq, v_dim,
+                                                    dtype=dtype, device=device), persistent=False)
+
+    def update(self, slots: torch.Tensor | None, positions: torch.Tensor,
+               k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k``/``v`` [B, Hkv, T, D] at ``positions`` [B, T] of ``slots`` [B].
+
+        ``slots=None`` means all slots in order (decode). Returns the full cache rows of
+        those slots: ``(k [B, Hkv, S, D], v [B, Hkv, S, Dv])``.
+        """
+        rows = torch.arange(self.k_cache.shape[0], device=k.device) if slots is None else slots
+        # advanced indices around a slice put the indexed dims first: [B, T, Hkv, D]
+        self.k_cache[rows[:, None], :, positions] = k.transpose(1, 2)
+        self.v_cache[rows[:, None], :, positions] = v.transpose(1, 2)
+        if slots is None:
+            return self.k_cache, self.v_cache
+        return self.k_cache[slots], self.v_cache[slots]
+
+
+class LatentCache(nn.Module):
+    """MLA cache: the compressed latent and the shared rotary key, ``[slots, 1, S, R + Dr]``.
+
+    It stores ``kv_lora_rank + qk_rope_head_dim`` numbers per token instead of
+    ``2 * heads * head_dim`` — the point of multi-head latent attention.
+    """
+
+    kv_cache: torch.Tensor
+
+    def __init__(self, slots: int, max_seq: int, kv_lora_rank: int, rope_dim: int,
+                 dtype: torch.dtype, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.kv_lora_rank = kv_lora_rank
+        self.register_buffer("kv_cache", torch.zeros(slots, 1, max_seq, kv_lora_rank + rope_dim,
+                                                     dtype=dtype, device=device), persistent=False)
+
+    def update(self, slots: torch.Tensor | None, positions: torch.Tensor,
+               latent: torch.Tensor, k_rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``latent`` [B, 1, T, R] and ``k_rope`` [B, 1, T, Dr]; return (keys, values).
+
+        Keys are ``[B, 1, S, R + Dr]`` (latent and rotary part), values the latent view
+        ``[B, 1, S, R]`` — absorbed MLA attends in latent space.
+        """
+        rows = torch.arange(self.kv_cache.shape[0], device=latent.device) if slots is None else slots
+        entry = torch.cat([latent, k_rope], dim=-1).transpose(1, 2)  # [B, T, 1, R+Dr]
+        self.kv_cache[rows[:, None], :, positions] = entry
+        keys = self.kv_cache if slots is None else self.kv_cache[slots]
+        return keys, keys[..., : self.kv_lora_rank]

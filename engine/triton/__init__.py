@@ -1,0 +1,1 @@
+"""Serving the engine with NVIDIA Triton Inference Server (Python backend, decoupled mode)."""
