@@ -1,0 +1,237 @@
+"""Engine speed on one GPU against the hardware's limits and against HF transformers.
+
+Random weights with the shape of Llama-3.1-8B (bf16); nothing is downloaded. Prints a table
+and writes JSON (``--out``). Sections:
+
+1. copy bandwidth (device-to-device), the HBM roofline's denominator, measured in this run;
+2. decode tokens/s at batch 1, 8, 64: our engine eager and with torch.compile
+   (reduce-overhead = CUDA graphs), against the roofline (weight + KV bytes per step /
+   measured bandwidth) and against transformers ``generate`` on the same inputs;
+3. throughput with many concurrent sequences (prompt/output 1000/1000);
+4. peak GPU memory against context and batch.
+
+    python bench/bench_h200.py --out h200.json            # on the GPU machine
+    python bench/bench_h200.py --tiny --device cpu        # smoke test of the script itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from deepserve.engine.generate import decode_step
+from deepserve.engine.model.args import ModelArgs
+from deepserve.engine.model.transformer import Transformer
+
+LLAMA_8B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256, "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0, "max_position_embeddings": 131072, "tie_word_embeddings": False,
+    "bos_token_id": 128000, "eos_token_id": 128001, "torch_dtype": "bfloat16",
+}
+TINY = {**LLAMA_8B, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 1024,
+        "bos_token_id": 1, "eos_token_id": 2}
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: str, iters: int, warmup: int = 3) -> float:
+    """Mean seconds per call after warm-up."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / iters
+
+
+def copy_bandwidth(device: str, gib: float) -> float:
+    """Bytes moved (read + write) per second by a device-to-device copy."""
+    n = int(gib * 2**30) // 2
+    src = torch.empty(n, dtype=torch.bfloat16, device=device)
+    dst = torch.empty_like(src)
+    t = timed(lambda: dst.copy_(src), device, iters=10)
+    del src, dst
+    return 2 * n * 2 / t
+
+
+def build_random(config: dict[str, Any], device: str, dtype: torch.dtype) -> Transformer:
+    """The engine's Transformer with random weights, built directly on ``device``."""
+    args = ModelArgs.from_hf_config(config)
+    with torch.device("meta"):
+        model = Transformer(args)
+    model = model.to_empty(device=device).to(dtype)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, p.shape[-1] ** -0.5, generator=gen)
+    return model.eval()
+
+
+def param_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def kv_bytes_per_token(args: ModelArgs, dtype_bytes: int) -> int:
+    return args.num_layers * 2 * args.num_kv_heads * args.head_dim * dtype_bytes
+
+
+def bench_decode(model: Transformer, batch: int, ctx: int, steps: int, device: str,
+                 compiled: bool) -> float:
+    """Seconds per decode step of ``batch`` sequences at context ``ctx``."""
+    model.setup_caches(batch, ctx + steps + 8)
+    tokens = torch.randint(0, model.args.vocab_size, (batch,), device=device)
+    positions = torch.full((batch,), ctx, device=device, dtype=torch.long)
+    step = decode_step
+    if compiled:
+        step = torch.compile(decode_step, mode="reduce-overhead", fullgraph=False)  # type: ignore[assignment]
+    with torch.no_grad():
+        return timed(lambda: step(model, tokens, positions), device, iters=steps, warmup=5)
+
+
+def bench_hf(config: dict[str, Any], batch: int, ctx: int, new: int, device: str) -> float:
+    """Seconds per decode step of transformers' generate (greedy, default cache)."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(**{k: v for k, v in config.items() if k != "architectures"})
+    with torch.device(device):
+        hf = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    ids = torch.randint(0, cfg.vocab_size, (batch, ctx), device=device)
+    kw = {"do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        hf.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)  # warm-up
+
+        def run(n: int) -> float:
+            sync(device)
+            t0 = time.perf_counter()
+            hf.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+            sync(device)
+            return time.perf_counter() - t0
+
+        t_prefill = min(run(1) for _ in range(3))
+        total = min(run(new + 1) for _ in range(2))
+    del hf
+    gc.collect()
+    return (total - t_prefill) / new
+
+
+def bench_throughput(model: Transformer, seqs: int, prompt: int, output: int, device: str,
+                     compiled: bool) -> dict[str, float]:
+    """Prefill ``seqs`` prompts one by one, then decode all of them together."""
+    from deepserve.engine.generate import prefill
+
+    model.setup_caches(seqs, prompt + output + 8)
+    step = decode_step
+    if compiled:
+        step = torch.compile(decode_step, mode="reduce-overhead", fullgraph=False)  # type: ignore[assignment]
+    with torch.no_grad():
+        prompts = torch.randint(0, model.args.vocab_size, (seqs, prompt), device=device)
+        sync(device)
+        t0 = time.perf_counter()
+        last = torch.stack([prefill(model, prompts[i], i).argmax() for i in range(seqs)])
+        sync(device)
+        t_prefill = time.perf_counter() - t0
+        positions = torch.full((seqs,), prompt, device=device, dtype=torch.long)
+        tokens = last
+        t0 = time.perf_counter()
+        for _ in range(output):
+            tokens = step(model, tokens, positions).argmax(-1)
+            positions = positions + 1
+        sync(device)
+        t_decode = time.perf_counter() - t0
+    total = t_prefill + t_decode
+    return {"seqs": seqs, "prefill_s": t_prefill, "decode_s": t_decode,
+            "output_tokens_per_s": seqs * output / total,
+            "total_tokens_per_s": seqs * (prompt + output) / total}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="a tiny model (smoke test)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--throughput-seqs", type=int, default=128)
+    ap.add_argument("--throughput-len", type=int, default=1000)
+    ap.add_argument("--out", default="")
+    a = ap.parse_args(argv)
+    dev = a.device
+    config = TINY if a.tiny else LLAMA_8B
+    res: dict[str, Any] = {"torch": torch.__version__, "device": dev, "model": "tiny" if a.tiny else "llama-3.1-8b-shape"}
+    if dev == "cuda":
+        res["gpu"] = torch.cuda.get_device_name()
+    bw = copy_bandwidth(dev, 0.25 if a.tiny else 4.0)
+    res["copy_bandwidth_GBps"] = bw / 1e9
+    print(f"copy bandwidth (read+write): {bw / 1e9:,.0f} GB/s", flush=True)
+
+    model = build_random(config, dev, torch.bfloat16 if dev == "cuda" else torch.float32)
+    wbytes = param_bytes(model)
+    kvb = kv_bytes_per_token(model.args, 2 if dev == "cuda" else 4)
+    res["weight_GB"] = wbytes / 1e9
+    rows = []
+    print(f"{'batch':>5} {'mode':>9} {'ms/step':>8} {'tok/s':>9} {'roofline tok/s':>14} {'% roof':>7}", flush=True)
+    modes = ["eager"] + ([] if a.no_compile or dev != "cuda" else ["compiled"])
+    for b in a.batch:
+        roof_bytes = wbytes + b * a.ctx * kvb  # useful bytes per step: weights + live KV
+        roof = b / (roof_bytes / bw)
+        for mode in modes:
+            t = bench_decode(model, b, a.ctx, a.steps, dev, mode == "compiled")
+            row = {"batch": b, "mode": mode, "ms_per_step": t * 1e3, "tokens_per_s": b / t,
+                   "roofline_tokens_per_s": roof, "fraction_of_roofline": (b / t) / roof}
+            rows.append(row)
+            print(f"{b:>5} {mode:>9} {t * 1e3:8.2f} {b / t:9.1f} {roof:14.1f} {100 * (b / t) / roof:6.1f}%", flush=True)
+    res["decode"] = rows
+    peak = []
+    if dev == "cuda":
+        for b, s in [(1, 8192), (1, 32768), (8, 8192), (64, 2048), (64, 8192)]:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            model.setup_caches(b, s)
+            peak.append({"batch": b, "max_seq": s, "peak_GiB": torch.cuda.max_memory_allocated() / 2**30})
+        res["peak_memory"] = peak
+        print("peak memory:", ", ".join(f"b{p['batch']}xS{p['max_seq']}={p['peak_GiB']:.1f}GiB" for p in peak), flush=True)
+    thr = bench_throughput(model, a.throughput_seqs if not a.tiny else 4, a.throughput_len if not a.tiny else 16,
+                           a.throughput_len if not a.tiny else 16, dev, "compiled" in modes)
+    res["throughput"] = thr
+    print(f"throughput {thr['seqs']} seqs: {thr['output_tokens_per_s']:,.0f} output tok/s, "
+          f"{thr['total_tokens_per_s']:,.0f} total tok/s (prefill {thr['prefill_s']:.1f}s, decode {thr['decode_s']:.1f}s)",
+          flush=True)
+    del model
+    gc.collect()
+    if dev == "cuda":
+        torch.cuda.empty_cache()
+    if not a.no_hf:
+        hf_rows = []
+        for b in a.batch:
+            t = bench_hf(config, b, a.ctx, 32 if not a.tiny else 16, dev)
+            ours = max((r["tokens_per_s"] for r in rows if r["batch"] == b), default=0.0)
+            hf_rows.append({"batch": b, "ms_per_step": t * 1e3, "tokens_per_s": b / t, "ours_over_hf": ours / (b / t)})
+            print(f"transformers generate batch {b}: {t * 1e3:.2f} ms/step, {b / t:.1f} tok/s; ours/hf = {ours / (b / t):.2f}x", flush=True)
+        res["transformers"] = hf_rows
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
