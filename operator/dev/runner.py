@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import tempfile
 import threading
@@ -88,6 +89,15 @@ def materialise(pod: dict[str, Any], core: Any, root: Path,
             if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
                 return str(mounts[mount_path]) + value[len(mount_path):]
         return value
+
+    # Paths inside the model repository's files (e.g. the usage spool in the engine
+    # options) refer to the container's mounts too: quoted absolute paths are rewritten.
+    quoted = re.compile(r'(?<=["\'])(/[^"\'\\]*)')
+    for m in container.get("volumeMounts", []):
+        if "configMap" in volumes.get(m["name"], {}):
+            for f in (root / "volumes" / m["name"]).rglob("*"):
+                if f.is_file():
+                    f.write_text(quoted.sub(lambda mt: rewrite(mt.group(1)), f.read_text()))
 
     env: dict[str, str] = {}
     for e in container.get("env", []):

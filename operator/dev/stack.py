@@ -144,7 +144,9 @@ class Stack:
     service_account: str = "deepserve-operator"
     billing_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     billing_port: int = field(default_factory=_free_port)
+    health_port: int = field(default_factory=_free_port)
     operator: ManagedProcess | None = None
+    billing: ManagedProcess | None = None
     runner: ManagedProcess | None = None
 
     @property
@@ -157,25 +159,43 @@ class Stack:
 
     def operator_args(self, kubeconfig: str) -> list[str]:
         """Command line of the out-of-cluster operator."""
-        token_file = self.work_dir / "billing-token"
-        token_file.write_text(self.billing_token)
-        token_file.chmod(0o600)
         return [
             sys.executable, "-m", "deepserve.operator.cli", "operator", "run",
             "--kubeconfig", kubeconfig, "--standalone", "--engine-runner", "local",
-            "--resync-seconds", "10",
-            "--ledger", str(self.ledger), "--billing-address", f"127.0.0.1:{self.billing_port}",
-            "--billing-token-file", str(token_file),
+            "--resync-seconds", "10", "--liveness", f"http://127.0.0.1:{self.health_port}/healthz",
             "--usage-endpoint", f"{self.billing_url}/v1/usage",
         ]
+
+    def start_billing(self) -> ManagedProcess:
+        """Start the billing endpoint as the chart's billing container runs it."""
+        token_file = self.work_dir / "billing-token"
+        token_file.write_text(self.billing_token)
+        token_file.chmod(0o600)
+        args = [sys.executable, "-m", "deepserve.operator.cli", "billing", "serve",
+                "--ledger", str(self.ledger), "--host", "127.0.0.1", "--port", str(self.billing_port),
+                "--token-file", str(token_file)]
+        self.billing = spawn("billing", args, self.work_dir / "logs")
+        self.wait_http(f"{self.billing_url}/healthz", "the billing endpoint", 60)
+        return self.billing
 
     def start_operator(self) -> ManagedProcess:
         """Start the operator authenticated as the chart's ServiceAccount."""
         kc = service_account_kubeconfig(self.admin_kubeconfig, self.namespace, self.service_account,
                                         self.work_dir / "operator.kubeconfig")
         self.operator = spawn("operator", self.operator_args(str(kc)), self.work_dir / "logs")
-        self.wait_http(f"{self.billing_url}/healthz", "the operator's billing endpoint", 90)
+        self.wait_http(f"http://127.0.0.1:{self.health_port}/healthz", "the operator's liveness", 90)
         return self.operator
+
+    def export(self, fmt: str, account: str | None = None,
+               start: str = "2000-01-01T00:00:00Z", end: str = "2100-01-01T00:00:00Z") -> str:
+        """The billing endpoint's export of ``[start, end)`` in ``fmt``."""
+        from urllib.parse import urlencode
+
+        q = {"format": fmt, "from": start, "to": end, **({"account": account} if account else {})}
+        req = urllib.request.Request(f"{self.billing_url}/v1/billing/export?{urlencode(q)}",
+                                     headers={"Authorization": f"Bearer {self.billing_token}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return str(r.read().decode())
 
     def start_runner(self) -> ManagedProcess:
         """Start the dev-only local runner; engines ship usage to the operator's endpoint."""
@@ -189,8 +209,9 @@ class Stack:
     def wait_http(self, url: str, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.operator is not None and not self.operator.alive():
-                raise StackError(f"operator exited while waiting for {what}:\n{self.operator.tail()}")
+            for p in (self.operator, self.billing):
+                if p is not None and not p.alive():
+                    raise StackError(f"{p.name} exited while waiting for {what}:\n{p.tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status == 200:
@@ -201,6 +222,6 @@ class Stack:
         raise StackError(f"timed out waiting for {what} at {url}")
 
     def stop(self) -> None:
-        for p in (self.runner, self.operator):
+        for p in (self.runner, self.operator, self.billing):
             if p is not None:
                 p.stop()
