@@ -1,0 +1,162 @@
+"""``make demo``: the local-cluster demo, end to end, with progress for people.
+
+Starts the local control plane, installs the Helm chart, starts the operator (as the
+chart's ServiceAccount), the billing endpoint and the dev-only local runner, applies the
+sample model and price list, waits for Ready, sends a few prompts, and shows the model,
+its placement reasons and the bill so far. Everything keeps running afterwards;
+``python -m deepserve.operator.dev.demo --down`` (``make demo-down``) stops it all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from deepserve.operator.dev.cluster import LocalCluster
+from deepserve.operator.dev.stack import REPO_ROOT, Stack, StackError, helm_install, run_tool
+
+NAMESPACE = "demo"
+MODEL = "tiny-llama"
+PROMPTS = ["The operator places every model", "Billing counts each token", "Sparse attention reads"]
+
+
+def say(msg: str) -> None:
+    print(f"\033[1m==>\033[0m {msg}", flush=True)
+
+
+def pids_file(cluster: LocalCluster) -> Path:
+    return cluster.state_dir / "demo" / "pids.json"
+
+
+def down(cluster: LocalCluster) -> int:
+    """Stop the demo's processes and the local cluster."""
+    f = pids_file(cluster)
+    if f.exists():
+        for name, pid in json.loads(f.read_text()).items():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+                say(f"stopped {name} (pid {pid})")
+        f.unlink()
+    stopped = cluster.stop()
+    say("stopped the local cluster: " + (", ".join(stopped) or "it was not running"))
+    return 0
+
+
+def kubectl(cluster: LocalCluster, *args: str) -> str:
+    return run_tool("kubectl", *args, kubeconfig=str(cluster.kubeconfig)).stdout
+
+
+def wait_ready(cluster: LocalCluster, stack: Stack, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    shown = ""
+    while time.monotonic() < deadline:
+        obj = json.loads(kubectl(cluster, "get", "inferencemodel", MODEL, "-n", NAMESPACE, "-o", "json"))
+        conds = {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
+        line = ", ".join(f"{t}={c['status']} ({c.get('reason', '')})" for t, c in sorted(conds.items()))
+        if line != shown:
+            say(f"  {line or 'waiting for the operator...'}")
+            shown = line
+        if conds.get("Ready", {}).get("status") == "True":
+            return dict(obj["status"])
+        for p in (stack.operator, stack.billing, stack.runner):
+            if p is not None and not p.alive():
+                raise StackError(f"{p.name} exited:\n{p.tail()}")
+        time.sleep(1)
+    raise StackError(f"{MODEL} not Ready after {timeout:.0f}s; see logs in {stack.work_dir / 'logs'}")
+
+
+def up() -> int:
+    """Run the demo; leaves everything running."""
+    cluster = LocalCluster(say=say)
+    say("starting the local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK)")
+    cluster.start()
+    kc = str(cluster.kubeconfig)
+    say("installing the deepserve Helm chart into deepserve-system")
+    helm_install(kc, {"replicaCount": 1, "persistence": {"enabled": False},
+                      "operator": {"peering": {"enabled": False}}})
+    sa = json.loads(kubectl(cluster, "get", "sa", "-n", "deepserve-system", "-l",
+                            "app.kubernetes.io/instance=deepserve", "-o", "json"))["items"][0]["metadata"]["name"]
+    work = cluster.state_dir / "demo"
+    work.mkdir(parents=True, exist_ok=True)
+    stack = Stack(admin_kubeconfig=kc, work_dir=work, service_account=sa)
+    say("starting the billing endpoint, the operator (as the chart's ServiceAccount) and the local runner")
+    stack.start_billing()
+    stack.start_operator()
+    stack.start_runner()
+    pids_file(cluster).write_text(json.dumps(
+        {p.name: p.proc.pid for p in (stack.operator, stack.billing, stack.runner) if p}))
+    say("applying GPU node pool prices and the sample model (examples/01-tiny-model.yaml)")
+    kubectl(cluster, "apply", "-f", str(REPO_ROOT / "examples" / "05-gpu-node-pool.yaml"))
+    run_tool("kubectl", "create", "namespace", NAMESPACE, kubeconfig=kc, check=False)
+    kubectl(cluster, "apply", "-n", NAMESPACE, "-f", str(REPO_ROOT / "examples" / "01-tiny-model.yaml"))
+    say("waiting for the model to become Ready (the runner starts a real Triton per engine pod)")
+    status = wait_ready(cluster, stack)
+    pods = json.loads(kubectl(cluster, "get", "pods", "-n", NAMESPACE, "-l", f"deepserve.io/model={MODEL}",
+                              "-o", "json"))["items"]
+    ip = next(p["status"]["podIP"] for p in pods if p["status"].get("podIP"))
+    return _finish(cluster, stack, status, ip)
+
+
+def _generate(ip: str, prompt: str, max_tokens: int, request_id: str) -> dict[str, Any]:
+    import urllib.request
+
+    body = json.dumps({"text_input": prompt, "max_tokens": max_tokens, "id": request_id}).encode()
+    req = urllib.request.Request(f"http://{ip}:8000/v2/models/{MODEL}/generate", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return dict(json.loads(r.read()))
+
+
+def _finish(cluster: LocalCluster, stack: Stack, status: dict[str, Any], ip: str) -> int:
+    say(f"sending {len(PROMPTS)} prompts to the engine pod at {ip}:8000")
+    for i, prompt in enumerate(PROMPTS):
+        out = _generate(ip, prompt, 16, f"demo-{int(time.time())}-{i}")
+        print(f"    {prompt!r} -> {out['text_output']!r} "
+              f"({out['prompt_tokens']} prompt + {out['generated_tokens']} generated tokens)")
+    print(kubectl(cluster, "get", "inferencemodels", "-A"))
+    placement = status.get("placement", {})
+    say(f"placement: pool {placement.get('pool')} ({placement.get('accelerator', '?')})")
+    for key in ("reasons", "reason", "estimates", "alternatives"):
+        if key in placement:
+            print(f"    {key}: {json.dumps(placement[key])[:600]}")
+    say("the bill so far (waiting for the usage events to arrive)")
+    rows: list[str] = []
+    for _ in range(60):
+        rows = [r for r in stack.export("csv").splitlines() if r.strip()]
+        if len(rows) > 1:
+            break
+        time.sleep(1)
+    print("\n".join("    " + r for r in rows[:12]))
+    print(f"""
+deepserve is running on the local cluster. Keep exploring:
+  export KUBECONFIG={cluster.kubeconfig}
+  $(ls ~/.cache/deepserve/tools/*/bin/kubectl) get inferencemodels -A -o wide
+  .venv/bin/deepserve billing export --ledger {stack.ledger} --from 2000-01-01T00:00:00Z --to 2100-01-01T00:00:00Z --format focus
+  logs: {stack.work_dir / 'logs'}
+Stop everything: make demo-down
+""")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--down", action="store_true", help="stop the demo and the local cluster")
+    a = ap.parse_args(argv)
+    if a.down:
+        return down(LocalCluster(say=say))
+    try:
+        return up()
+    except StackError as e:
+        print(f"demo failed: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
