@@ -64,7 +64,6 @@ def copy_bandwidth(device: str, gib: float) -> float:
     src = torch.empty(n, dtype=torch.bfloat16, device=device)
     dst = torch.empty_like(src)
     t = timed(lambda: dst.copy_(src), device, iters=10)
-    del src, dst
     return 2 * n * 2 / t
 
 
@@ -92,17 +91,46 @@ def kv_bytes_per_token(args: ModelArgs, dtype_bytes: int) -> int:
     return args.num_layers * 2 * args.num_kv_heads * args.head_dim * dtype_bytes
 
 
+def cuda_graph_step(model: Transformer, tokens: torch.Tensor,
+                    positions: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Capture one decode step in a CUDA graph (static inputs); return its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(3):
+            decode_step(model, tokens, positions)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        out = decode_step(model, tokens, positions)
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return out
+
+    return replay
+
+
+def make_step(model: Transformer, tokens: torch.Tensor, positions: torch.Tensor,
+              mode: str) -> Callable[[], torch.Tensor]:
+    """eager: plain PyTorch; graph: a captured CUDA graph; compiled: torch.compile."""
+    if mode == "graph":
+        return cuda_graph_step(model, tokens, positions)
+    if mode == "compiled":
+        fn = torch.compile(decode_step, mode="reduce-overhead", fullgraph=False)
+        return lambda: fn(model, tokens, positions)
+    return lambda: decode_step(model, tokens, positions)
+
+
 def bench_decode(model: Transformer, batch: int, ctx: int, steps: int, device: str,
-                 compiled: bool) -> float:
+                 mode: str) -> float:
     """Seconds per decode step of ``batch`` sequences at context ``ctx``."""
     model.setup_caches(batch, ctx + steps + 8)
     tokens = torch.randint(0, model.args.vocab_size, (batch,), device=device)
     positions = torch.full((batch,), ctx, device=device, dtype=torch.long)
-    step = decode_step
-    if compiled:
-        step = torch.compile(decode_step, mode="reduce-overhead", fullgraph=False)  # type: ignore[assignment]
     with torch.no_grad():
-        return timed(lambda: step(model, tokens, positions), device, iters=steps, warmup=5)
+        step = make_step(model, tokens, positions, mode)
+        return timed(step, device, iters=steps, warmup=5)
 
 
 def bench_hf(config: dict[str, Any], batch: int, ctx: int, new: int, device: str) -> float:
@@ -132,14 +160,11 @@ def bench_hf(config: dict[str, Any], batch: int, ctx: int, new: int, device: str
 
 
 def bench_throughput(model: Transformer, seqs: int, prompt: int, output: int, device: str,
-                     compiled: bool) -> dict[str, float]:
+                     mode: str) -> dict[str, float]:
     """Prefill ``seqs`` prompts one by one, then decode all of them together."""
     from deepserve.engine.generate import prefill
 
     model.setup_caches(seqs, prompt + output + 8)
-    step = decode_step
-    if compiled:
-        step = torch.compile(decode_step, mode="reduce-overhead", fullgraph=False)  # type: ignore[assignment]
     with torch.no_grad():
         prompts = torch.randint(0, model.args.vocab_size, (seqs, prompt), device=device)
         sync(device)
@@ -148,11 +173,14 @@ def bench_throughput(model: Transformer, seqs: int, prompt: int, output: int, de
         sync(device)
         t_prefill = time.perf_counter() - t0
         positions = torch.full((seqs,), prompt, device=device, dtype=torch.long)
-        tokens = last
+        tokens = last.clone()
+        step = make_step(model, tokens, positions, mode)  # static inputs, updated in place
+        positions.fill_(prompt)
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(output):
-            tokens = step(model, tokens, positions).argmax(-1)
-            positions = positions + 1
+            tokens.copy_(step().argmax(-1))
+            positions.add_(1)
         sync(device)
         t_decode = time.perf_counter() - t0
     total = t_prefill + t_decode
@@ -169,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--no-hf", action="store_true")
-    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     ap.add_argument("--throughput-seqs", type=int, default=128)
     ap.add_argument("--throughput-len", type=int, default=1000)
     ap.add_argument("--out", default="")
@@ -189,12 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     res["weight_GB"] = wbytes / 1e9
     rows = []
     print(f"{'batch':>5} {'mode':>9} {'ms/step':>8} {'tok/s':>9} {'roofline tok/s':>14} {'% roof':>7}", flush=True)
-    modes = ["eager"] + ([] if a.no_compile or dev != "cuda" else ["compiled"])
+    modes = ["eager"] + (["graph"] + (["compiled"] if a.compile else []) if dev == "cuda" else [])
     for b in a.batch:
         roof_bytes = wbytes + b * a.ctx * kvb  # useful bytes per step: weights + live KV
         roof = b / (roof_bytes / bw)
         for mode in modes:
-            t = bench_decode(model, b, a.ctx, a.steps, dev, mode == "compiled")
+            t = bench_decode(model, b, a.ctx, a.steps, dev, mode)
             row = {"batch": b, "mode": mode, "ms_per_step": t * 1e3, "tokens_per_s": b / t,
                    "roofline_tokens_per_s": roof, "fraction_of_roofline": (b / t) / roof}
             rows.append(row)
@@ -210,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         res["peak_memory"] = peak
         print("peak memory:", ", ".join(f"b{p['batch']}xS{p['max_seq']}={p['peak_GiB']:.1f}GiB" for p in peak), flush=True)
     thr = bench_throughput(model, a.throughput_seqs if not a.tiny else 4, a.throughput_len if not a.tiny else 16,
-                           a.throughput_len if not a.tiny else 16, dev, "compiled" in modes)
+                           a.throughput_len if not a.tiny else 16, dev, modes[-1])
     res["throughput"] = thr
     print(f"throughput {thr['seqs']} seqs: {thr['output_tokens_per_s']:,.0f} output tok/s, "
           f"{thr['total_tokens_per_s']:,.0f} total tok/s (prefill {thr['prefill_s']:.1f}s, decode {thr['decode_s']:.1f}s)",
