@@ -154,8 +154,6 @@ def bench_hf(config: dict[str, Any], batch: int, ctx: int, new: int, device: str
 
         t_prefill = min(run(1) for _ in range(3))
         total = min(run(new + 1) for _ in range(2))
-    del hf
-    gc.collect()
     return (total - t_prefill) / new
 
 
@@ -251,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         hf_rows = []
         for b in a.batch:
             t = bench_hf(config, b, a.ctx, 32 if not a.tiny else 16, dev)
+            gc.collect()
+            if dev == "cuda":
+                torch.cuda.empty_cache()
             ours = max((r["tokens_per_s"] for r in rows if r["batch"] == b), default=0.0)
             hf_rows.append({"batch": b, "ms_per_step": t * 1e3, "tokens_per_s": b / t, "ours_over_hf": ours / (b / t)})
             print(f"transformers generate batch {b}: {t * 1e3:.2f} ms/step, {b / t:.1f} tok/s; ours/hf = {ours / (b / t):.2f}x", flush=True)
