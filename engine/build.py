@@ -6,6 +6,7 @@ import logging
 
 import torch
 from deepserve.engine.checkpoint import load_transformer
+from deepserve.engine.features import install_features
 from deepserve.engine.options import EngineOptions
 from deepserve.engine.runtime import InferenceEngine
 from deepserve.engine.tokenizer import TextTokenizer
@@ -25,18 +26,14 @@ def resolve_device(options: EngineOptions) -> torch.device:
 
 
 def resolve_precision(options: EngineOptions, device: torch.device) -> str:
-    """Precision this engine runs in: ``auto`` is bf16 on GPU and fp32 on CPU.
+    """Precision the weights load in: ``auto``/``fp8`` load bf16 on GPU and fp32 on CPU.
 
-    fp8 weights need the precision scheduler (engine part 2); until then fp8 runs in
-    bf16 and says so in the logs and in the ``precision`` output of every response.
+    With ``auto`` the precision scheduler then picks per batch (see
+    :mod:`deepserve.engine.precision`); ``fp8`` adds fp8 weight copies and computes in them.
     """
-    precision = options.precision
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp8":
-        log.warning("precision fp8 is not implemented yet; running in bf16")
-        return "bf16"
-    return precision
+    if options.precision in _DTYPES:
+        return options.precision
+    return "bf16" if device.type == "cuda" else "fp32"
 
 
 def build_engine(options: EngineOptions) -> InferenceEngine:
@@ -45,7 +42,12 @@ def build_engine(options: EngineOptions) -> InferenceEngine:
     precision = resolve_precision(options, device)
     model = load_transformer(options.model_dir, device=device, dtype=_DTYPES[precision])
     tokenizer = TextTokenizer.from_dir(options.model_dir, model.args.eos_token_ids)
+    features = install_features(model, options, tokenizer.encode)
+    compile_decode = options.compile and device.type == "cuda"
+    if compile_decode and features.sparse is not None:
+        log.warning("compile: off with sparse attention (data-dependent selection)")
+        compile_decode = False
     return InferenceEngine(
         model, tokenizer, slots=options.cache_slots, max_input_tokens=options.max_input_tokens,
-        max_new_tokens_limit=options.max_new_tokens_limit, precision=precision,
-        compile_decode=options.compile and device.type == "cuda")
+        max_new_tokens_limit=options.max_new_tokens_limit, precision=features.precision,
+        compile_decode=compile_decode, features=features)

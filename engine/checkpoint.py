@@ -22,8 +22,9 @@ from safetensors import safe_open
 log = logging.getLogger(__name__)
 
 # Tensors present in real checkpoints that this engine does not use (DeepSeek-V3's
-# multi-token-prediction layer is handled by the layer-index filter below).
-_IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
+# multi-token-prediction layer is handled by the layer-index filter below). DeepSeek-V3.2's
+# indexer tensors are loaded by deepserve.engine.sparse when sparse attention is on.
+_IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$|\.self_attn\.indexer\.")
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import torch
+from deepserve.engine.features import EngineFeatures
 from deepserve.engine.generate import decode_step, prefill
 from deepserve.engine.model.transformer import Transformer
 from deepserve.engine.sampling import (
@@ -62,6 +63,8 @@ class GenerationChunk:
     error: str | None = None
     stats: RequestStats | None = None
     token_ids: list[int] | None = None  # final chunk: every generated id (including eos)
+    precision: str | None = None  # final chunk: the least precise compute that served it
+    reused_prompt_tokens: int = 0  # final chunk: prompt tokens taken from the prefix cache
 
 
 ChunkCallback = Callable[[GenerationChunk], None]
@@ -130,6 +133,8 @@ class _Sequence:
     last_token: int = 0
     generated: int = 0
     output_ids: list[int] = field(default_factory=list)
+    precision: str = ""
+    reused_tokens: int = 0
 
 
 class InferenceEngine:
@@ -137,8 +142,10 @@ class InferenceEngine:
 
     def __init__(self, model: Transformer, tokenizer: TextTokenizer, *, slots: int,
                  max_input_tokens: int, max_new_tokens_limit: int, precision: str = "fp32",
-                 compile_decode: bool = False) -> None:
+                 compile_decode: bool = False, features: EngineFeatures | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
+        # part 2 (sparse attention, adaptive precision, prefix cache); all off by default
+        self.features = features or EngineFeatures(precision=precision)
         self.device = model.lm_head.weight.device
         self.precision = precision
         self.max_input_tokens, self.max_new_tokens_limit = max_input_tokens, max_new_tokens_limit
@@ -235,8 +242,15 @@ class InferenceEngine:
                 seq.slot = self._free.pop()
             self._running[seq.slot] = seq
             seq.started_at, seq.started = datetime.now(UTC), time.monotonic()
-            tokens = torch.tensor(seq.prompt_ids, dtype=torch.long)
-            logits = prefill(self.model, tokens, seq.slot)
+            seq.precision = self.features.choose_precision(seq.prompt_ids)
+            cache = self.features.prefix_cache
+            reused = cache.restore(seq.slot, seq.prompt_ids) if cache is not None else 0
+            seq.reused_tokens = reused
+            tokens = torch.tensor(seq.prompt_ids[reused:], dtype=torch.long)
+            with self.features.compute(seq.precision):
+                logits = prefill(self.model, tokens, seq.slot, start_pos=reused)
+            if cache is not None:
+                cache.store(seq.slot, seq.prompt_ids)
             seq.next_pos = len(seq.prompt_ids)
             self._accept(seq, sample_token(logits, seq.params, seq.generator))
 
@@ -245,7 +259,9 @@ class InferenceEngine:
         positions = torch.zeros(self.slots, dtype=torch.long)
         for slot, seq in self._running.items():
             tokens[slot], positions[slot] = seq.last_token, seq.next_pos
-        logits = self._decode(self.model, tokens.to(self.device), positions.to(self.device))
+        precision = self.features.batch_precision(s.precision for s in self._running.values())
+        with self.features.compute(precision):
+            logits = self._decode(self.model, tokens.to(self.device), positions.to(self.device))
         greedy = logits.argmax(dim=-1).tolist()  # one device sync for every greedy sequence
         for slot, seq in list(self._running.items()):
             seq.next_pos += 1
@@ -282,8 +298,11 @@ class InferenceEngine:
                 if seq.first_token is not None and seq.generated > 1 else None)
         stats = RequestStats(len(seq.prompt_ids), seq.generated, seq.started_at,
                              datetime.now(UTC), ttft, tpot)
+        precision = seq.precision or self.features.precision
+        self.features.record_served(precision)
         self._emit(seq, GenerationChunk(seq.request_id, text, len(seq.prompt_ids), seq.generated,
-                                        True, reason, error, stats, list(seq.output_ids)))
+                                        True, reason, error, stats, list(seq.output_ids),
+                                        precision, seq.reused_tokens))
 
     def _emit(self, seq: _Sequence, chunk: GenerationChunk) -> None:
         if seq.callback is None:
@@ -295,6 +314,10 @@ class InferenceEngine:
             log.exception("chunk callback failed for %s", seq.request_id)
         if chunk.finished:
             seq.handle.final = chunk
+
+    def feature_stats(self) -> dict[str, object]:
+        """Counters of the part-2 techniques (KV entries read, prefix hits, precisions)."""
+        return self.features.stats()
 
     # ----- drivers --------------------------------------------------------------------
     def run_until_idle(self) -> None:

@@ -14,6 +14,7 @@ ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
     "DeepseekV3ForCausalLM": "deepseek_v3",
+    "DeepseekV32ForCausalLM": "deepseek_v3",  # V3 plus indexer tensors (engine.sparse)
 }
 _MODEL_TYPES = {v: v for v in ARCHITECTURES.values()}
 

@@ -106,7 +106,9 @@ class TritonPythonModel:
             # metrics and usage are recorded even when the client is gone
             if chunk.stats is not None:
                 self.metrics.observe(chunk.stats, chunk.finish_reason or "stop")
-                self.usage.record(chunk, parsed.tenant, self.engine.precision)
+                if chunk.reused_prompt_tokens:
+                    self.metrics.cache_hits(chunk.reused_prompt_tokens)
+                self.usage.record(chunk, parsed.tenant, chunk.precision or self.engine.precision)
 
     def _response(self, chunk: GenerationChunk, text: str) -> Any:
         def tensor(name: str, value: Any, dtype: Any) -> Any:
@@ -117,7 +119,7 @@ class TritonPythonModel:
             tensor("prompt_tokens", chunk.prompt_tokens, np.int32),
             tensor("generated_tokens", chunk.generated_tokens, np.int32),
             tensor("finish_reason", (chunk.finish_reason or "").encode(), np.object_),
-            tensor("precision", self.engine.precision.encode(), np.object_),
+            tensor("precision", (chunk.precision or self.engine.precision).encode(), np.object_),
         ])
 
     def finalize(self) -> None:
