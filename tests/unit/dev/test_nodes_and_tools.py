@@ -6,7 +6,6 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-
 from deepserve.operator.dev import toolchain
 from deepserve.operator.dev.cluster import DEFAULT_POOLS_FILE, ClusterError, LocalCluster, Ports
 from deepserve.operator.dev.nodes import PoolsFileError, build_nodes, load_pools_file, parse_pools
@@ -56,7 +55,7 @@ def test_kubebuilder_assets_take_precedence(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("DEEPSERVE_TOOLS_DIR", str(tmp_path / "cache"))
     tc = toolchain.resolve()
     assert tc.path("kube-apiserver") == str(tmp_path / "kube-apiserver")
-    with pytest.raises(toolchain.ToolchainError, match="'etcd' not found.*make tools"):
+    with pytest.raises(toolchain.ToolchainError, match=r"'etcd' not found.*make tools"):
         tc.path("etcd")
     assert "etcd" in toolchain.missing(tc) and "kube-apiserver" not in toolchain.missing(tc)
 
@@ -72,7 +71,7 @@ def test_missing_binaries_give_a_clear_error(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("DEEPSERVE_TOOLS_DIR", str(tmp_path / "empty"))
     monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
     c = LocalCluster(state_dir=tmp_path / "state", ports=Ports.free())
-    with pytest.raises(toolchain.ToolchainError, match="not found.*make tools"):
+    with pytest.raises(toolchain.ToolchainError, match=r"not found.*make tools"):
         c.start(timeout=5)
     assert c.running_pids() == {}
 
@@ -106,7 +105,7 @@ def test_failed_start_leaves_nothing_running(tmp_path: Path, monkeypatch: pytest
         f.chmod(0o755)
     monkeypatch.setenv("KUBEBUILDER_ASSETS", str(bin_dir))
     c = LocalCluster(state_dir=tmp_path / "state", ports=Ports.free())
-    with pytest.raises(ClusterError, match="timed out .* etcd health"):
+    with pytest.raises(ClusterError, match=r"timed out .* etcd health"):
         c.start(timeout=1)
     state = (tmp_path / "state" / "state.json").read_text()
     assert '"pids": {}' in state
