@@ -1,0 +1,199 @@
+"""The Deployment of Triton serving one version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deepserve.operator.builders.context import (
+    ANNOTATION_CONFIG_HASH,
+    CACHE_DIR,
+    GRPC_PORT,
+    HTTP_PORT,
+    LABEL_POOL,
+    METRICS_PORT,
+    MODEL_STORE,
+    REPOSITORY_DIR,
+    USAGE_SPOOL,
+    BuildContext,
+    child_name,
+    labels,
+    metadata,
+    selector,
+    version_of,
+)
+from deepserve.operator.builders.repository import (
+    config_key,
+    files_hash,
+    repository_configmap_name,
+    repository_files,
+)
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+READY_PATH, LIVE_PATH = "/v2/health/ready", "/v2/health/live"
+
+
+def termination_grace_seconds(drain_s: int, exit_timeout_s: int) -> int:
+    """preStop drain + Triton's exit timeout + a margin for process teardown."""
+    return drain_s + exit_timeout_s + 10
+
+
+def triton_args(model: str, exit_timeout_s: int) -> list[str]:
+    """tritonserver flags: fixed ports, strict readiness, graceful exit timeout."""
+    return [
+        f"--model-repository={REPOSITORY_DIR}",
+        f"--http-port={HTTP_PORT}",
+        f"--grpc-port={GRPC_PORT}",
+        f"--metrics-port={METRICS_PORT}",
+        "--strict-readiness=true",
+        f"--exit-timeout-secs={exit_timeout_s}",
+        "--model-control-mode=explicit",
+        f"--load-model={model}",
+        "--log-verbose=0",
+    ]
+
+
+def _volumes(ctx: BuildContext, version: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    files = repository_files(ctx, version)
+    items = [{"key": config_key(p), "path": f"{ctx.model.name}/{p}"} for p in sorted(files)]
+    v = version_of(ctx, version)
+    res = ctx.spec.resources
+    volumes: list[dict[str, Any]] = [
+        {"name": "model-repository",
+         "configMap": {"name": repository_configmap_name(ctx.model.name, version), "items": items}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shared_memory}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "usage-spool", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "model-repository", "mountPath": REPOSITORY_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+        {"name": "usage-spool", "mountPath": USAGE_SPOOL},
+    ]
+    if v.source.scheme == "pvc":
+        claim = v.source.location.split("/", 1)[0]
+        volumes.append({"name": "model-store", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "model-store", "mountPath": MODEL_STORE, "readOnly": True})
+    return volumes, mounts
+
+
+def _env(ctx: BuildContext, version: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    v = version_of(ctx, version)
+    env: list[dict[str, Any]] = [
+        {"name": "DEEPSERVE_MODEL_SOURCE", "value": v.source.uri},
+        {"name": "DEEPSERVE_MODEL_FORMAT", "value": v.source.format},
+        {"name": "DEEPSERVE_CACHE_DIR", "value": CACHE_DIR},
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    if v.source.revision:
+        env.append({"name": "DEEPSERVE_MODEL_REVISION", "value": v.source.revision})
+    env_from: list[dict[str, Any]] = []
+    if v.source.credentials_secret:
+        env_from.append({"secretRef": {"name": v.source.credentials_secret}})
+    return env, env_from
+
+
+def _resources(ctx: BuildContext) -> dict[str, Any]:
+    res = ctx.spec.resources
+    requests: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, Any] = {"memory": res.memory}
+    gpus = ctx.placement.gpus_per_replica
+    if gpus > 0:
+        requests[GPU_RESOURCE] = str(gpus)
+        limits[GPU_RESOURCE] = str(gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,
+            "timeoutSeconds": 5, "failureThreshold": failures}
+
+
+def _tolerations(ctx: BuildContext) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if ctx.placement.gpus_per_replica > 0:
+        out.append(dict(GPU_TOLERATION))
+    for t in (*ctx.placement.tolerations, *ctx.spec.placement.tolerations):
+        if dict(t) not in out:
+            out.append(dict(t))
+    return out
+
+
+def build_deployment(ctx: BuildContext, version: str) -> dict[str, Any]:
+    """A Deployment of Triton for one version, placed on the chosen pool."""
+    v = version_of(ctx, version)
+    rt = ctx.spec.runtime
+    volumes, mounts = _volumes(ctx, version)
+    env, env_from = _env(ctx, version)
+    container: dict[str, Any] = {
+        "name": "triton",
+        "image": v.image or ctx.settings.engine_image,
+        "imagePullPolicy": rt.pull_policy,
+        "command": ["tritonserver"],
+        "args": triton_args(ctx.model.name, rt.exit_timeout_s),
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "env": env,
+        "resources": _resources(ctx),
+        "volumeMounts": mounts,
+        # Loading weights can take long: the startup probe allows 30 minutes.
+        "startupProbe": _probe(READY_PATH, 10, 180),
+        "readinessProbe": _probe(READY_PATH, 5, 3),
+        "livenessProbe": _probe(LIVE_PATH, 10, 3),
+        # Endpoints drop the pod while it sleeps; then SIGTERM lets Triton finish
+        # in-flight requests for up to --exit-timeout-secs.
+        "lifecycle": {"preStop": {"sleep": {"seconds": rt.drain_s}}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if env_from:
+        container["envFrom"] = env_from
+    pod_labels = {**labels(ctx.model.name, version), LABEL_POOL: ctx.placement.pool}
+    uid = ctx.settings.run_as_user
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": termination_grace_seconds(rt.drain_s, rt.exit_timeout_s),
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "tolerations": _tolerations(ctx),
+    }
+    if ctx.placement.node_selector:
+        pod_spec["nodeSelector"] = dict(ctx.placement.node_selector)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(ctx, child_name(ctx.model.name, version), version),
+        "spec": {
+            "replicas": ctx.replicas.get(version, 0),
+            "selector": {"matchLabels": selector(ctx.model.name, version)},
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": 1800,
+            # Never drop below the desired count while rolling (one extra replica at a time).
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        ANNOTATION_CONFIG_HASH: files_hash(repository_files(ctx, version)),
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(METRICS_PORT),
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }

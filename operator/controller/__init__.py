@@ -1,0 +1,1 @@
+"""The InferenceModel controller: pure decide/status functions and thin kopf handlers."""

@@ -1,0 +1,146 @@
+"""Bridge between an InferenceModel spec and the placement planner (deepserve.operator.placement).
+
+Placement is sticky: a model keeps its pool while its spec is unchanged and the pool still
+exists, so free capacity changing (often by the model's own pods) never moves it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepserve.operator import placement as planner
+from deepserve.operator.api.views import InferenceModelSpec
+from deepserve.operator.builders.context import ChosenPlacement
+
+log = logging.getLogger(__name__)
+
+# builtin://tiny-<arch>: the engine creates a deterministic checkpoint of about this shape.
+TINY_SHAPE: dict[str, int] = {
+    "total_params": 1_200_000, "active_params": 1_200_000, "layers": 2, "hidden_size": 128, "heads": 4,
+    "kv_heads": 2, "head_dim": 32, "vocab_size": 4096, "max_context": 4096,
+}
+Tolerations = dict[str, tuple[dict[str, str], ...]]
+_SHAPE_KEYS = {
+    "totalParams": "total_params", "activeParams": "active_params", "layers": "layers",
+    "hiddenSize": "hidden_size", "heads": "heads", "kvHeads": "kv_heads", "headDim": "head_dim",
+    "vocabSize": "vocab_size", "maxContext": "max_context", "experts": "moe_experts",
+    "expertsPerToken": "experts_per_token", "kvLoraRank": "kv_lora_rank", "qkRopeHeadDim": "qk_rope_head_dim",
+}
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    """The placement decision for one model, ready for builders and status."""
+
+    chosen: ChosenPlacement | None
+    reason: str
+    estimates: dict[str, Any] = field(default_factory=dict)
+    rejected: tuple[tuple[str, str], ...] = ()
+    changed: bool = True  # False when the previous placement was kept
+
+
+def _fields(cls: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def model_shape(spec: InferenceModelSpec) -> Any | None:
+    """The planner's ModelShape for the spec, or None when it is unknown."""
+    src = spec.source
+    if src.shape:
+        raw = {_SHAPE_KEYS[k]: v for k, v in src.shape.items() if k in _SHAPE_KEYS}
+        raw.setdefault("active_params", raw["total_params"])
+        raw.setdefault("kv_heads", raw["heads"])
+        raw.setdefault("head_dim", raw["hidden_size"] // raw["heads"])
+        raw.setdefault("max_context", spec.engine.max_input_tokens + spec.engine.max_new_tokens)
+    elif src.scheme == "builtin":
+        raw = dict(TINY_SHAPE)
+    else:
+        return None
+    known = _fields(planner.ModelShape)
+    return planner.ModelShape(**{k: v for k, v in raw.items() if k in known})
+
+
+def placement_request(spec: InferenceModelSpec) -> Any:
+    """The planner's PlacementRequest for the spec."""
+    e, r, p = spec.engine, spec.resources, spec.placement
+    fixed = r.gpus_per_replica
+    if fixed is None and e.tensor_parallel is not None:
+        fixed = e.tensor_parallel * e.pipeline_parallel
+    values = {
+        "precision": e.precision, "strategy": p.strategy, "allowed_pools": p.allowed_pools,
+        "gpus_per_replica": fixed, "max_tp": r.max_tensor_parallel, "replicas": max(1, spec.scaling.desired()),
+        "concurrency": p.concurrency, "context_length": e.max_input_tokens + e.max_new_tokens,
+        "slo_min_tokens_per_s": p.min_tokens_per_s or 0.0, "slo_max_ttft_ms": p.max_ttft_ms or 0.0,
+    }
+    known = _fields(planner.PlacementRequest)
+    return planner.PlacementRequest(**{k: v for k, v in values.items() if k in known})
+
+
+def _chosen(c: Any, pool: Any, spec: InferenceModelSpec, tolerations: Tolerations) -> ChosenPlacement:
+    return ChosenPlacement(
+        pool=c.pool, accelerator_id=c.accelerator_id, gpus_per_replica=int(c.gpus_per_replica),
+        tensor_parallel=int(spec.engine.tensor_parallel or c.tensor_parallel), precision=c.precision,
+        node_selector=dict(c.node_selector or getattr(pool, "node_selector", {}) or {}),
+        tolerations=tolerations.get(c.pool, ()),
+    )
+
+
+def _estimates(c: Any) -> dict[str, Any]:
+    return {
+        "memoryGiBPerGpu": round(float(c.memory_gib_per_gpu), 3),
+        "decodeTokensPerSecond": round(float(c.decode_tokens_per_s), 1),
+        "prefillTokensPerSecond": round(float(c.prefill_tokens_per_s), 1),
+        "timeToFirstTokenMs": round(float(c.ttft_ms), 2),
+        "currency": c.currency,
+    } | ({} if c.cost_per_million_tokens is None else
+         {"costPerMillionTokens": round(float(c.cost_per_million_tokens), 4)})
+
+
+def kept_placement(previous: dict[str, Any], pools: list[Any], tolerations: Tolerations) -> PlanOutcome | None:
+    """The previous placement (from status) if its pool is still offered."""
+    pool_name = previous.get("pool")
+    if not pool_name:
+        return None
+    offer = next((p for p in pools if p.name == pool_name), None)
+    if offer is None:
+        return None
+    chosen = ChosenPlacement(
+        pool=pool_name, accelerator_id=previous.get("acceleratorId", offer.accelerator_id),
+        gpus_per_replica=int(previous.get("gpusPerReplica", 1)),
+        tensor_parallel=int(previous.get("tensorParallel", 1)), precision=previous.get("precision", "auto"),
+        node_selector=dict(offer.node_selector), tolerations=tolerations.get(pool_name, ()),
+    )
+    estimates: dict[str, Any] = {k: previous[k] for k in ("memoryGiBPerGpu", "decodeTokensPerSecond", "prefillTokensPerSecond",
+                                          "timeToFirstTokenMs", "costPerMillionTokens", "currency")
+                 if k in previous}
+    rejected = tuple((r["pool"], r["reason"]) for r in previous.get("rejected", []))
+    return PlanOutcome(chosen, previous.get("reason", ""), estimates, rejected, changed=False)
+
+
+def plan(spec: InferenceModelSpec, pools: list[Any], previous: dict[str, Any] | None,
+         replan: bool, tolerations: Tolerations | None = None) -> PlanOutcome:
+    """Keep the previous placement unless ``replan`` (spec changed) or its pool vanished.
+
+    ``tolerations`` maps pool name to the tolerations its GPUNodePool asks for.
+    """
+    tolerations = tolerations or {}
+    if previous and not replan:
+        kept = kept_placement(previous, pools, tolerations)
+        if kept is not None:
+            return kept
+    try:
+        shape = model_shape(spec)
+    except ValueError as e:  # the planner's ShapeError names the field
+        return PlanOutcome(None, f"InvalidModelShape: spec.source.shape: {e}")
+    if shape is None:
+        return PlanOutcome(None, f"UnknownModelShape: the operator does not fetch {spec.source.scheme}:// "
+                                 "sources; set spec.source.shape so the planner can size the model")
+    result = planner.plan_placement(shape, pools, placement_request(spec))
+    rejected = tuple((c.pool, c.rejected_reason) for c in result.ranked if c.rejected_reason)[:64]
+    if result.chosen is None:
+        return PlanOutcome(None, result.reason or "NoPoolFits: no pool can serve this model", {}, rejected)
+    offer = next((p for p in pools if p.name == result.chosen.pool), None)
+    return PlanOutcome(_chosen(result.chosen, offer, spec, tolerations), result.reason, _estimates(result.chosen), rejected)

@@ -1,0 +1,260 @@
+"""One idempotent reconcile: read -> decide -> ensure children -> one status write.
+
+``decide`` is pure; ``reconcile`` only orchestrates calls on a :class:`ChildWriter`
+(the Kube seam in production, an in-memory fake in unit tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from deepserve.operator.api.crds import API_VERSION
+from deepserve.operator.api.schema_check import SpecError
+from deepserve.operator.api.views import InferenceModelSpec
+from deepserve.operator.builders import BuildContext, ModelRef, Settings, build_children
+from deepserve.operator.controller.observed import ChildRef, DeploymentState, PodState, marker_of
+from deepserve.operator.controller.planning import PlanOutcome, plan
+from deepserve.operator.controller.status import StatusInputs, compute_status
+
+log = logging.getLogger(__name__)
+
+Event = tuple[str, str, str]  # (type, reason, message)
+
+
+class ChildWriter(Protocol):
+    """The writes a reconcile needs."""
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None,
+               uid: str | None = None) -> bool: ...
+    def patch_status(self, api_version: str, kind: str, name: str, namespace: str | None,
+                     status: dict[str, Any]) -> dict[str, Any]: ...
+
+
+@dataclass
+class Observed:
+    """A snapshot of one model and what it owns, from the operator's indexes."""
+
+    model: dict[str, Any]
+    children: dict[tuple[str, str], ChildRef] = field(default_factory=dict)
+    deployments: dict[str, DeploymentState] = field(default_factory=dict)
+    pods: tuple[PodState, ...] = ()
+    pools: list[Any] = field(default_factory=list)
+    pool_tolerations: dict[str, tuple[dict[str, str], ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the model should look like now."""
+
+    spec: InferenceModelSpec | None
+    spec_error: str | None
+    plan: PlanOutcome | None
+    replicas: dict[str, int]
+    total: int
+    children: tuple[dict[str, Any], ...]
+
+
+@dataclass
+class Result:
+    """What a reconcile did."""
+
+    applied: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    status_written: bool = False
+    events: list[Event] = field(default_factory=list)
+
+
+def split_replicas(total: int, weights: dict[str, int]) -> dict[str, int]:
+    """Replicas per version: proportional to weight, rounded up, at least 1 each while total > 0.
+
+    Every version keeps one replica so its own Service answers (smoke tests of a canary).
+    """
+    if total == 0:
+        return dict.fromkeys(weights, 0)
+    return {v: max(1, math.ceil(total * w / 100)) for v, w in weights.items()}
+
+
+def digest(obj: Any) -> str:
+    """Stable short digest of JSON data."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+
+
+def placement_digest(spec: dict[str, Any]) -> str:
+    """Digest of the spec fields placement depends on; scaling and weights keep the pool."""
+    return digest({k: spec.get(k) for k in ("source", "engine", "resources", "placement")})
+
+
+def decide(model: dict[str, Any], pools: list[Any], settings: Settings,
+           pool_tolerations: dict[str, tuple[dict[str, str], ...]] | None = None) -> Decision:
+    """Parse the spec, plan placement and build every child object."""
+    md, raw = model["metadata"], model.get("spec") or {}
+    try:
+        spec = InferenceModelSpec.from_dict(raw)
+    except SpecError as e:
+        return Decision(None, str(e), None, {}, 0, ())
+    previous = ((model.get("status") or {}).get("placement")) or None
+    want_digest = placement_digest(raw)
+    replan = previous is None or previous.get("requestDigest") != want_digest
+    outcome = plan(spec, pools, previous, replan, pool_tolerations)
+    total = spec.scaling.desired()
+    replicas = split_replicas(total, {v.name: v.weight for v in spec.versions})
+    if outcome.chosen is None:
+        return Decision(spec, None, outcome, replicas, total, ())
+    ctx = BuildContext(ModelRef(md["name"], md["namespace"], md["uid"]), spec, outcome.chosen, settings, replicas)
+    return Decision(spec, None, outcome, replicas, total, tuple(build_children(ctx)))
+
+
+AppliedCache = dict[tuple[str, str, str], tuple[str, str, float]]  # (ns, kind, name) -> (digest, marker, when)
+PENDING_WATCH_S = 15.0  # how long a write may take to show up in the watch cache
+
+
+def older_marker(seen: str, written: str) -> bool:
+    """Whether the watched marker predates the one our own write returned (a lagging index)."""
+    if seen[:1] != written[:1]:
+        return False
+    try:
+        return int(seen[1:]) < int(written[1:])
+    except ValueError:
+        return False
+
+
+def _needs_apply(seen: ChildRef | None, cached: tuple[str, str, float] | None, want: str,
+                 clock: float) -> tuple[bool, str | None]:
+    """Whether to apply, and the drift it corrects (None when there is none)."""
+    if cached is None or cached[0] != want:
+        return True, None  # first sight since start, or the desired object changed
+    if seen is None:
+        if clock - cached[2] < PENDING_WATCH_S:
+            return False, None  # our create has not reached the watch cache yet
+        return True, "recreated deleted"
+    if seen.marker == cached[1] or older_marker(seen.marker, cached[1]):
+        return False, None
+    return True, "restored hand-edited"
+
+
+def ensure_children(decision: Decision, observed: Observed, writer: ChildWriter, applied: AppliedCache,
+                    result: Result, clock: float) -> None:
+    """Apply what is missing, changed or hand-edited; delete what is no longer wanted."""
+    ns = observed.model["metadata"]["namespace"]
+    wanted: set[tuple[str, str]] = set()
+    for obj in decision.children:
+        key = (obj["kind"], obj["metadata"]["name"])
+        wanted.add(key)
+        want = digest(obj)
+        apply, drift = _needs_apply(observed.children.get(key), applied.get((ns, *key)), want, clock)
+        if not apply:
+            continue
+        if drift:
+            result.events.append(("Warning", "DriftCorrected", f"{drift} {key[0]} {key[1]}"))
+        written = writer.apply(obj)
+        applied[(ns, *key)] = (want, marker_of(written), clock)
+        result.applied.append(f"{key[0]}/{key[1]}")
+    if decision.spec is None and decision.spec_error:
+        return  # never delete children because of a spec the operator cannot read
+    for key, ref in observed.children.items():
+        if key not in wanted:
+            writer.delete(ref.api_version, ref.kind, ref.name, ns, uid=ref.uid)
+            applied.pop((ns, *key), None)
+            result.deleted.append(f"{ref.kind}/{ref.name}")
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch turning ``old`` into ``new`` (nulls remove stale keys)."""
+    out: dict[str, Any] = {}
+    for k in old:
+        if k not in new:
+            out[k] = None
+    for k, v in new.items():
+        o = old.get(k)
+        if isinstance(v, dict) and isinstance(o, dict):
+            sub = merge_patch(o, v)
+            if sub:
+                out[k] = sub
+        elif v != o:
+            out[k] = v
+    return out
+
+
+DecisionCache = dict[str, tuple[str, Decision]]  # model uid -> (key, decision)
+
+
+def _decide_cached(model: dict[str, Any], observed: Observed, settings: Settings,
+                   cache: DecisionCache | None) -> Decision:
+    """decide(), memoised per model on (generation, kept placement): watch events of owned
+    objects rerun the reconcile often, and rebuilding every manifest each time costs CPU."""
+    md = model["metadata"]
+    key = digest([md.get("generation"), (model.get("status") or {}).get("placement")])
+    hit = cache.get(md["uid"]) if cache is not None else None
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    decision = decide(model, observed.pools, settings, observed.pool_tolerations)
+    if cache is not None and decision.plan is not None and decision.plan.chosen is not None:
+        cache[md["uid"]] = (key, decision)
+    return decision
+
+
+def reconcile(observed: Observed, writer: ChildWriter, settings: Settings, applied: AppliedCache, now: str,
+              last_status: dict[str, Any] | None = None, *, clock: float = 0.0,
+              decisions: DecisionCache | None = None) -> tuple[Result, dict[str, Any]]:
+    """Run one reconcile; returns what it did and the status now in effect.
+
+    ``clock`` is a monotonic time (seconds) used to wait for our own writes to reach the
+    watch cache; ``decisions`` memoises decide() across calls.
+    """
+    model = observed.model
+    md = model["metadata"]
+    result = Result()
+    old = last_status if last_status is not None else (model.get("status") or {})
+    # decide from the newest status this process knows (the watched body may lag our writes)
+    decision = _decide_cached({**model, "status": old}, observed, settings, decisions)
+    failure: Exception | None = None
+    try:
+        ensure_children(decision, observed, writer, applied, result, clock)
+    except Exception as e:  # reported in status, then re-raised so the caller retries
+        failure = e
+    inputs = StatusInputs(
+        name=md["name"], namespace=md["namespace"], generation=int(md.get("generation", 1)), now=now,
+        cluster_domain=settings.cluster_domain, spec_error=decision.spec_error, plan=decision.plan,
+        apply_error=str(failure)[:2000] if failure else None,
+        weights={v.name: v.weight for v in decision.spec.versions} if decision.spec else {},
+        desired=decision.replicas, total_desired=decision.total, deployments=observed.deployments,
+        pods=observed.pods, previous=old,
+    )
+    status = compute_status(inputs)
+    if decision.plan is not None and "placement" in status:
+        status["placement"]["requestDigest"] = placement_digest(model.get("spec") or {})
+    _decision_events(decision, old, result)
+    patch = merge_patch(old, status)
+    if patch:
+        writer.patch_status(API_VERSION, "InferenceModel", md["name"], md["namespace"], patch)
+        result.status_written = True
+    if result.applied and old.get("observedGeneration"):  # creation itself is no decision worth an Event
+        result.events.append(("Normal", "Applied", "applied " + ", ".join(result.applied)))
+    if result.deleted:
+        result.events.append(("Normal", "Pruned", "deleted " + ", ".join(result.deleted)))
+    if failure is not None:
+        raise failure
+    return result, status
+
+
+def _decision_events(decision: Decision, old: dict[str, Any], result: Result) -> None:
+    before = (old.get("placement") or {})
+    if decision.spec_error:
+        was: dict[str, Any] = next((c for c in old.get("conditions", []) if c.get("type") == "Degraded"), {})
+        if was.get("reason") != "InvalidSpec":
+            result.events.append(("Warning", "InvalidSpec", decision.spec_error))
+        return
+    p = decision.plan
+    if p is None:
+        return
+    if p.chosen is None and before.get("reason") != p.reason:
+        result.events.append(("Warning", p.reason.split(":", 1)[0] or "NoPoolFits", p.reason))
+    elif p.chosen is not None and before.get("pool") != p.chosen.pool:
+        result.events.append(("Normal", "Placed", f"pool {p.chosen.pool} ({p.chosen.accelerator_id}), "
+                                                  f"{p.chosen.gpus_per_replica} GPU(s)/replica: {p.reason}"))

@@ -1,0 +1,172 @@
+"""One idempotent reconcile: converge, write nothing when nothing changed, undo hand edits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from deepserve.operator.builders import Settings
+from deepserve.operator.controller.reconcile import (
+    AppliedCache,
+    Observed,
+    merge_patch,
+    reconcile,
+    split_replicas,
+)
+from deepserve.operator.placement import PoolOffer
+from fake_api import FakeApi
+from model_cases import make_model
+
+pytestmark = pytest.mark.unit
+NOW = "2026-11-29T00:00:00Z"
+POOLS = [
+    PoolOffer("l4", "nvidia-l4", 1, 3, 3, 0.7, "USD", 3, {"cloud.google.com/gke-nodepool": "l4"}),
+    PoolOffer("h100-sxm", "nvidia-h100-sxm5-80gb", 8, 2, 16, 4.0, "USD", 2, {"karpenter.sh/nodepool": "h100-sxm"}),
+]
+
+
+def model_obj(b: Any, generation: int = 1, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    obj = b.obj()
+    obj["metadata"].update(uid="model-uid", generation=generation)
+    obj["status"] = status or {}
+    return obj
+
+
+def run(api: FakeApi, model: dict[str, Any], applied: AppliedCache, *, ready: bool = False,
+        last: dict[str, Any] | None = None, pools: list[Any] = POOLS, clock: float = 0.0,
+        observed: Any = None):
+    seen = observed or api.observed(model, pools, ready)
+    return reconcile(seen, api, Settings(), applied, NOW, last, clock=clock)
+
+
+def test_first_reconcile_creates_children_and_writes_status_once() -> None:
+    api, applied = FakeApi(), {}
+    model = model_obj(make_model("llama"))
+    result, status = run(api, model, applied)
+    assert sorted(result.applied) == ["ConfigMap/llama-main-repo", "Deployment/llama-main",
+                                      "PodDisruptionBudget/llama-main", "Service/llama", "Service/llama-main"]
+    assert result.status_written and len(api.status_patches) == 1
+    assert status["placement"]["pool"] == "l4" and status["observedGeneration"] == 1
+    assert ("Normal", "Placed") in [(t, r) for t, r, _ in result.events]
+
+
+def test_nothing_changed_writes_nothing() -> None:
+    api, applied = FakeApi(), {}
+    model = model_obj(make_model("llama"))
+    _, status = run(api, model, applied)
+    writes = api.writes
+    result, again = run(api, model, applied, last=status)
+    assert (result.applied, result.status_written, api.writes) == ([], False, writes)
+    assert again == status
+
+
+def test_ready_deployments_make_the_model_ready() -> None:
+    api, applied = FakeApi(), {}
+    model = model_obj(make_model("llama").replicas(2, max_=4))
+    _, status = run(api, model, applied)
+    _, status = run(api, model, applied, ready=True, last=status)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Serving")
+    assert status["readyReplicas"] == 2 and status["versions"][0]["state"] == "Ready"
+
+
+def test_hand_edit_and_delete_are_reverted() -> None:
+    api, applied = FakeApi(), {}
+    model = model_obj(make_model("llama"))
+    _, status = run(api, model, applied)
+    api.hand_edit("Deployment", "llama-main", ["spec", "replicas"], 7)
+    del api.objects[("Service", "llama")]
+    result, _ = run(api, model, applied, last=status, clock=60.0)
+    assert sorted(result.applied) == ["Deployment/llama-main", "Service/llama"]
+    assert api.objects[("Deployment", "llama-main")]["spec"]["replicas"] == 1
+    assert [r for _, r, _ in result.events].count("DriftCorrected") == 2
+
+
+def test_writes_not_yet_in_the_watch_cache_are_not_repeated() -> None:
+    api, applied = FakeApi(), {}
+    model = model_obj(make_model("llama"))
+    _, status = run(api, model, applied, observed=Observed(model=model, pools=POOLS))
+    writes = api.writes
+    lagging = Observed(model=model, pools=POOLS)  # the index has seen none of the children yet
+    result, _ = run(api, model, applied, last=status, observed=lagging, clock=1.0)
+    assert result.applied == [] and api.writes == writes
+
+
+def test_spec_change_rolls_and_keeps_the_pool_and_prunes_removed_versions() -> None:
+    api, applied = FakeApi(), {}
+    b = make_model("llama").versions(("a", 50), ("b", 50))
+    _, status = run(api, model_obj(b), applied)
+    before = api.objects[("Deployment", "llama-a")]["metadata"]["generation"]
+    b2 = make_model("llama").engine(maxNewTokens=64).versions(("a", 100))
+    result, status2 = run(api, model_obj(b2, generation=2), applied, last=status)
+    assert api.objects[("Deployment", "llama-a")]["metadata"]["generation"] == before + 1
+    assert ("Deployment", "llama-b") not in api.objects and "Deployment/llama-b" in result.deleted
+    assert status2["placement"]["pool"] == status["placement"]["pool"]
+
+
+def test_scaling_keeps_the_placement_without_replanning() -> None:
+    api, applied = FakeApi(), {}
+    _, status = run(api, model_obj(make_model("llama")), applied)
+    pools = [POOLS[1]]  # l4 vanished from the offer list: now it must move
+    _, moved = run(api, model_obj(make_model("llama").replicas(2), generation=2), applied, last=status,
+                   pools=pools)
+    assert moved["placement"]["pool"] == "h100-sxm"
+    _, kept = run(api, model_obj(make_model("llama").replicas(3), generation=3), applied, last=moved, pools=POOLS)
+    assert kept["placement"]["pool"] == "h100-sxm"  # cheaper pool is back, but scaling alone never moves
+
+
+def test_no_pool_fits_is_a_condition_not_a_crash() -> None:
+    api, applied = FakeApi(), {}
+    b = make_model("big").source("hf://org/huge").set("source.shape", {
+        "totalParams": 900_000_000_000, "layers": 120, "hiddenSize": 16384, "heads": 128, "vocabSize": 128000})
+    b.set("resources.maxTensorParallel", 1)
+    result, status = run(api, model_obj(b), applied)
+    assert api.objects == {} and result.applied == []
+    scheduled = next(c for c in status["conditions"] if c["type"] == "Scheduled")
+    assert scheduled["status"] == "False" and scheduled["message"]
+    assert any(t == "Warning" for t, _, _ in result.events)
+
+
+def test_unknown_shape_for_remote_source_is_reported() -> None:
+    api, applied = FakeApi(), {}
+    _, status = run(api, model_obj(make_model("x").source("hf://org/model")), applied)
+    scheduled = next(c for c in status["conditions"] if c["type"] == "Scheduled")
+    assert scheduled["reason"] == "UnknownModelShape" and "spec.source.shape" in scheduled["message"]
+
+
+def test_invalid_spec_creates_nothing_and_says_why() -> None:
+    api, applied = FakeApi(), {}
+    model = model_obj(make_model("x").engine(maxBatchSize=0))
+    _, status = run(api, model, applied)
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "InvalidSpec" and "spec.engine.maxBatchSize" in degraded["message"]
+    assert api.objects == {}
+
+
+@pytest.mark.parametrize(("total", "weights", "want"), [
+    (0, {"a": 90, "b": 10}, {"a": 0, "b": 0}),
+    (4, {"a": 90, "b": 10}, {"a": 4, "b": 1}),
+    (10, {"a": 50, "b": 50}, {"a": 5, "b": 5}),
+    (3, {"a": 100, "b": 0}, {"a": 3, "b": 1}),
+])
+def test_split_replicas(total: int, weights: dict[str, int], want: dict[str, int]) -> None:
+    assert split_replicas(total, weights) == want
+
+
+def test_merge_patch_removes_stale_keys() -> None:
+    assert merge_patch({"a": 1, "b": {"c": 1, "d": 2}}, {"b": {"c": 1}}) == {"a": None, "b": {"d": None}}
+    assert merge_patch({"a": [1]}, {"a": [1]}) == {}
+
+
+def test_a_refused_write_is_reported_in_status_and_raised() -> None:
+    class Refusing(FakeApi):
+        def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+            if obj["kind"] == "Service":
+                raise RuntimeError("failed to allocate a serviceIP: range is full")
+            return super().apply(obj)
+
+    api = Refusing()
+    with pytest.raises(RuntimeError):
+        run(api, model_obj(make_model("llama")), {})
+    degraded = next(c for c in api.status_patches[-1]["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "ApplyFailed" and "range is full" in degraded["message"]

@@ -1,0 +1,84 @@
+"""Status is one pure function of what was observed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from deepserve.operator.builders import ChosenPlacement
+from deepserve.operator.controller.observed import DeploymentState, PodState, pod_state
+from deepserve.operator.controller.planning import PlanOutcome
+from deepserve.operator.controller.status import StatusInputs, compute_status
+
+pytestmark = pytest.mark.unit
+PLAN = PlanOutcome(ChosenPlacement("l4", "nvidia-l4", 1, 1, "bf16", {}), "cheapest", {"currency": "USD"})
+
+
+def dep(ready: int, replicas: int = 1, updated: int | None = None, exceeded: bool = False) -> DeploymentState:
+    return DeploymentState("main", 2, 2, replicas, ready, replicas if updated is None else updated, ready,
+                           exceeded, "timed out" if exceeded else "")
+
+
+def status(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = dict(name="m", namespace="ns", generation=2, now="T1", plan=PLAN,
+                                weights={"main": 100}, desired={"main": 1}, total_desired=1)
+    base.update(kw)
+    return compute_status(StatusInputs(**base))
+
+
+def cond(st: dict[str, Any], kind: str) -> tuple[str, str]:
+    c = next(c for c in st["conditions"] if c["type"] == kind)
+    return c["status"], c["reason"]
+
+
+def test_ready_when_every_weighted_version_has_its_replicas() -> None:
+    st = status(deployments={"main": dep(1)})
+    assert cond(st, "Ready") == ("True", "Serving")
+    assert cond(st, "Progressing") == ("False", "RolloutComplete")
+    assert cond(st, "Degraded") == ("False", "AsExpected")
+    assert st["endpoint"] == "http://m.ns.svc.cluster.local:8000"
+    assert st["selector"] == "deepserve.io/model=m" and st["observedGeneration"] == 2
+
+
+def test_rollout_in_progress_keeps_serving() -> None:
+    st = status(deployments={"main": dep(1, updated=0)})
+    assert cond(st, "Ready")[0] == "True" and cond(st, "Progressing") == ("True", "RollingOut")
+
+
+def test_unschedulable_pod_is_reported_with_the_scheduler_message() -> None:
+    pod = pod_state({"metadata": {"name": "m-main-x", "labels": {"deepserve.io/version": "main"}},
+                     "status": {"phase": "Pending", "conditions": [{
+                         "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                         "message": "0/9 nodes are available: 9 Insufficient nvidia.com/gpu."}]}})
+    st = status(deployments={"main": dep(0)}, pods=(pod,))
+    assert cond(st, "Scheduled") == ("False", "Unschedulable")
+    assert "Insufficient nvidia.com/gpu" in next(c["message"] for c in st["conditions"] if c["type"] == "Scheduled")
+    assert cond(st, "Ready")[0] == "False" and cond(st, "Degraded")[0] == "True"
+
+
+def test_crash_loop_and_deadline_are_degraded() -> None:
+    pod = PodState("m-main-x", "main", "Running", "node-1", False, None, "CrashLoopBackOff")
+    st = status(deployments={"main": dep(0, exceeded=True)}, pods=(pod,))
+    assert cond(st, "Degraded") == ("True", "ReplicaFailure")
+    assert st["versions"][0]["state"] == "Failed"
+
+
+def test_scaled_to_zero_is_ready() -> None:
+    st = status(desired={"main": 0}, total_desired=0, deployments={"main": dep(0, replicas=0)})
+    assert cond(st, "Ready") == ("True", "ScaledToZero") and st["versions"][0]["state"] == "ScaledToZero"
+
+
+def test_transition_time_kept_until_status_flips() -> None:
+    first = status(deployments={"main": dep(0)})
+    same = status(deployments={"main": dep(0)}, now="T2", previous=first)
+    assert same == first
+    flipped = status(deployments={"main": dep(1)}, now="T3", previous=first)
+    ready = next(c for c in flipped["conditions"] if c["type"] == "Ready")
+    assert ready["lastTransitionTime"] == "T3"
+
+
+def test_no_placement_names_the_reason() -> None:
+    plan = PlanOutcome(None, "NoPoolFits: needs 150 GiB, largest pool offers 8x80 GiB but TP is limited to 4")
+    st = status(plan=plan)
+    assert cond(st, "Scheduled") == ("False", "NoPoolFits")
+    assert st["placement"]["reason"].startswith("NoPoolFits")
