@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -9,6 +10,7 @@ from deepserve.engine.checkpoint import load_transformer
 from deepserve.engine.features import install_features
 from deepserve.engine.options import EngineOptions
 from deepserve.engine.runtime import InferenceEngine
+from deepserve.engine.sources import resolve_model_dir
 from deepserve.engine.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,10 @@ def build_engine(options: EngineOptions) -> InferenceEngine:
     """Load the checkpoint in ``options.model_dir`` and return a ready engine."""
     device = resolve_device(options)
     precision = resolve_precision(options, device)
-    model = load_transformer(options.model_dir, device=device, dtype=_DTYPES[precision])
-    tokenizer = TextTokenizer.from_dir(options.model_dir, model.args.eos_token_ids)
+    model_dir = resolve_model_dir(options.model_dir)
+    options = dataclasses.replace(options, model_dir=model_dir)
+    model = load_transformer(model_dir, device=device, dtype=_DTYPES[precision])
+    tokenizer = TextTokenizer.from_dir(model_dir, model.args.eos_token_ids)
     features = install_features(model, options, tokenizer.encode)
     compile_decode = options.compile and device.type == "cuda"
     if compile_decode and features.sparse is not None:

@@ -29,6 +29,9 @@ class Settings:
     gateway_api: bool = False
     gateway_parent: tuple[str, str] | None = None  # (namespace, name) of the Gateway
     run_as_user: int = 1000
+    # Dev only: label engine pods deepserve.io/runner=<value> so a local runner plays them
+    # (see deepserve.operator.dev.runner); empty in production.
+    engine_runner: str = ""
 
 
 @dataclass(frozen=True)

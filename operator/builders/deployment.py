@@ -160,6 +160,8 @@ def build_deployment(ctx: BuildContext, version: str) -> dict[str, Any]:
     if env_from:
         container["envFrom"] = env_from
     pod_labels = {**labels(ctx.model.name, version), LABEL_POOL: ctx.placement.pool}
+    if ctx.settings.engine_runner:
+        pod_labels = {**pod_labels, "deepserve.io/runner": ctx.settings.engine_runner}
     uid = ctx.settings.run_as_user
     pod_spec: dict[str, Any] = {
         "containers": [container],

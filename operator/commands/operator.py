@@ -35,6 +35,8 @@ def register(sub: Any) -> None:
     run.add_argument("--gateway-api", choices=["auto", "on", "off"], default="auto",
                      help="build HTTPRoutes (auto: when the Gateway API CRDs are installed)")
     run.add_argument("--resync-seconds", type=float, default=60.0, help="periodic reconcile interval (0: only on watch events)")
+    run.add_argument("--engine-runner", default="", metavar="NAME",
+                     help="(dev only) label engine pods deepserve.io/runner=NAME for a local runner")
     run.add_argument("--liveness", default="", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.set_defaults(func=_run)
 
@@ -117,7 +119,8 @@ def _run(args: argparse.Namespace) -> int:
     gateway_api = _gateway_api(args.kubeconfig, args.gateway_api)
     parent = tuple(args.gateway.split("/", 1)) if args.gateway else None
     settings = Settings(engine_image=args.engine_image, usage_endpoint=args.usage_endpoint,
-                        gateway_api=gateway_api, gateway_parent=parent)  # type: ignore[arg-type]
+                        gateway_api=gateway_api, gateway_parent=parent,
+                        engine_runner=args.engine_runner)  # type: ignore[arg-type]
     options = OperatorOptions(kubeconfig=args.kubeconfig, settings=settings, resync_seconds=args.resync_seconds)
     registry = kopf.OperatorRegistry()
     register(registry, options, gateway_api)

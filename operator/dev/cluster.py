@@ -363,7 +363,7 @@ class LocalCluster:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
-            "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
+            "--service-cluster-ip-range=10.0.0.0/16", "--allow-privileged=true",
             "--endpoint-reconciler-type=none", "--profiling=false",
             "--max-requests-inflight=1000", "--max-mutating-requests-inflight=500",
             "--v=0",
