@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import torch
 from deepserve.engine.checkpoint import load_transformer
@@ -20,7 +21,12 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def resolve_device(options: EngineOptions) -> torch.device:
     """``cuda`` when asked for or available (``auto``), else ``cpu``."""
-    if options.device == "cuda" or (options.device == "auto" and torch.cuda.is_available()):
+    # DEEPSERVE_DEVICE overrides the rendered option (operators, and the dev local runner
+    # that plays GPU pods on a CPU-only machine).
+    wanted = os.environ.get("DEEPSERVE_DEVICE") or options.device
+    if wanted == "cpu":
+        return torch.device("cpu")
+    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("device: 'cuda' requested but no CUDA device is available")
         return torch.device("cuda")

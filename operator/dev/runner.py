@@ -108,6 +108,7 @@ def materialise(pod: dict[str, Any], core: Any, root: Path,
             env[e["name"]] = {"metadata.name": pod["metadata"]["name"], "metadata.namespace": ns,
                               "status.podIP": pod["status"].get("podIP", ""),
                               "spec.nodeName": spec.get("nodeName", "")}.get(path, "")
+    env["DEEPSERVE_DEVICE"] = "cpu"  # the pod may be placed on a GPU pool; this machine plays it on CPU
     env.update(overrides)
     repo_arg = next(str(a).split("=", 1)[1] for a in container.get("args", [])
                     if str(a).startswith("--model-repository="))
