@@ -124,6 +124,12 @@ def _status(args: argparse.Namespace) -> int:
 def _runner(args: argparse.Namespace) -> int:
     from deepserve.operator.dev.runner import LocalRunner
 
+    import signal
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise SystemExit(0)  # run the finally below: stop every Triton this runner started
+
+    signal.signal(signal.SIGTERM, _terminate)
     overrides = dict(e.split("=", 1) for e in args.env)
     runner = LocalRunner(args.kubeconfig, env_overrides=overrides)
     _say("local runner playing pods labelled deepserve.io/runner=local (Ctrl-C stops)")

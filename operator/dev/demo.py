@@ -107,7 +107,8 @@ def up() -> int:
 def _generate(ip: str, prompt: str, max_tokens: int, request_id: str) -> dict[str, Any]:
     import urllib.request
 
-    body = json.dumps({"text_input": prompt, "max_tokens": max_tokens, "id": request_id}).encode()
+    body = json.dumps({"text_input": prompt, "max_tokens": max_tokens, "stream": False,
+                       "id": request_id}).encode()
     req = urllib.request.Request(f"http://{ip}:8000/v2/models/{MODEL}/generate", data=body,
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=120) as r:

@@ -153,8 +153,12 @@ class LocalRunner:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=10)
-        for key in list(self.pods):
-            self._forget(key)
+        # stop the servers in parallel: each drains for up to its exit timeout
+        stoppers = [threading.Thread(target=self._forget, args=(key,)) for key in list(self.pods)]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join(timeout=40)
         self._api.close()
         if self._tmp:
             self._tmp.cleanup()
@@ -241,11 +245,13 @@ class LocalRunner:
                 raise
 
     def _forget(self, key: str) -> None:
-        p = self.pods.pop(key)
+        p = self.pods.pop(key, None)
+        if p is None:
+            return
         if p.triton is not None:
             log.info("stopping Triton of pod %s/%s", p.namespace, p.name)
             with contextlib.suppress(Exception):
-                p.triton.stop(timeout=30)
+                p.triton.stop(timeout=15)
         shutil.rmtree(p.root, ignore_errors=True)
 
     def wait_idle(self, timeout: float = 30) -> None:

@@ -224,4 +224,4 @@ class Stack:
     def stop(self) -> None:
         for p in (self.runner, self.operator, self.billing):
             if p is not None:
-                p.stop()
+                p.stop(timeout=60 if p is self.runner else 30)

@@ -81,7 +81,7 @@ def ready(pod: dict[str, Any]) -> bool:
 def grpc_generate(ip: str, prompt: str, max_tokens: int, request_id: str) -> tuple[str, int, int]:
     results: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client = grpcclient.InferenceServerClient(f"{ip}:8001")
-    client.start_stream(callback=lambda r, e: results.put((r, e)))
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
     text = grpcclient.InferInput("text_input", [1], "BYTES")
     text.set_data_from_numpy(__import__("numpy").array([prompt.encode()], dtype=object))
     limit = grpcclient.InferInput("max_tokens", [1], "INT32")
@@ -102,7 +102,8 @@ def grpc_generate(ip: str, prompt: str, max_tokens: int, request_id: str) -> tup
 
 
 def http_generate(ip: str, prompt: str, max_tokens: int, request_id: str) -> dict[str, Any]:
-    body = json.dumps({"text_input": prompt, "max_tokens": max_tokens, "id": request_id}).encode()
+    body = json.dumps({"text_input": prompt, "max_tokens": max_tokens, "stream": False,
+                       "id": request_id}).encode()
     req = urllib.request.Request(f"http://{ip}:8000/v2/models/{MODEL}/generate", data=body,
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=120) as r:
@@ -135,7 +136,7 @@ def test_apply_serve_update_bill_delete(cluster: ClusterHandle, stack: Stack, na
     assert text and generated == 12
     sent.append(("e2e-grpc-1", prompt_tokens, generated))
     out = http_generate(ip, "Billing counts every", 7, "e2e-http-1")
-    assert out["text_output"] and int(out["generated_tokens"]) == 7
+    assert out.get("text_output") and int(out["generated_tokens"]) == 7, out
     sent.append(("e2e-http-1", int(out["prompt_tokens"]), 7))
 
     # 3. an update rolls out: a new pod with the new configuration becomes Ready
