@@ -116,14 +116,15 @@ def _generate(ip: str, prompt: str, max_tokens: int, request_id: str) -> dict[st
 
 
 def _finish(cluster: LocalCluster, stack: Stack, status: dict[str, Any], ip: str) -> int:
-    say(f"sending {len(PROMPTS)} prompts to the engine pod at {ip}:8000")
+    say(f"sending {len(PROMPTS)} prompts to the engine pod at {ip}:8000 "
+        "(builtin://tiny-llama has random weights: the text is noise, the flow is real)")
     for i, prompt in enumerate(PROMPTS):
         out = _generate(ip, prompt, 16, f"demo-{int(time.time())}-{i}")
         print(f"    {prompt!r} -> {out['text_output']!r} "
               f"({out['prompt_tokens']} prompt + {out['generated_tokens']} generated tokens)")
     print(kubectl(cluster, "get", "inferencemodels", "-A"))
     placement = status.get("placement", {})
-    say(f"placement: pool {placement.get('pool')} ({placement.get('accelerator', '?')})")
+    say(f"placement: pool {placement.get('pool')} ({placement.get('acceleratorId') or placement.get('accelerator', '?')})")
     for key in ("reasons", "reason", "estimates", "alternatives"):
         if key in placement:
             print(f"    {key}: {json.dumps(placement[key])[:600]}")
