@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,10 @@ def resolve_model_dir(source: str) -> str:
             tmp = out.with_name(out.name + f".tmp{os.getpid()}")
             make_tiny_checkpoint(tmp, arch, seed=0)
             out.parent.mkdir(parents=True, exist_ok=True)
-            try:
+            # another process may have won the race; its copy is identical
+            with contextlib.suppress(OSError):
                 tmp.rename(out)
-            except OSError:  # another process won the race; its copy is identical
-                pass
+            shutil.rmtree(tmp, ignore_errors=True)
         return str(out)
     if source.startswith("hf://"):
         repo = source[len("hf://"):]

@@ -122,9 +122,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _runner(args: argparse.Namespace) -> int:
-    from deepserve.operator.dev.runner import LocalRunner
-
     import signal
+
+    from deepserve.operator.dev.runner import LocalRunner
 
     def _terminate(signum: int, frame: object) -> None:
         raise SystemExit(0)  # run the finally below: stop every Triton this runner started

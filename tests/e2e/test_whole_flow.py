@@ -13,6 +13,7 @@ import io
 import json
 import queue
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,6 +102,35 @@ def grpc_generate(ip: str, prompt: str, max_tokens: int, request_id: str) -> tup
         client.close()
 
 
+def cancel_after_first_token(ip: str, prompt: str, max_tokens: int, request_id: str) -> int:
+    """Start a gRPC stream, cancel it after the first response; return tokens seen."""
+    import numpy as np
+
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(f"{ip}:8001")
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    text = grpcclient.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([prompt.encode()], dtype=object))
+    limit = grpcclient.InferInput("max_tokens", [1], "INT32")
+    limit.set_data_from_numpy(np.array([max_tokens], dtype="int32"))
+    client.async_stream_infer(MODEL, [text, limit], request_id=request_id)
+    first, error = results.get(timeout=120)
+    assert error is None, error
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    return int(first.as_numpy("generated_tokens")[0])
+
+
+def http_status(ip: str, body: dict[str, Any]) -> int:
+    req = urllib.request.Request(f"http://{ip}:8000/v2/models/{MODEL}/generate",
+                                 data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
 def http_generate(ip: str, prompt: str, max_tokens: int, request_id: str) -> dict[str, Any]:
     body = json.dumps({"text_input": prompt, "max_tokens": max_tokens, "stream": False,
                        "id": request_id}).encode()
@@ -138,6 +168,10 @@ def test_apply_serve_update_bill_delete(cluster: ClusterHandle, stack: Stack, na
     out = http_generate(ip, "Billing counts every", 7, "e2e-http-1")
     assert out.get("text_output") and int(out["generated_tokens"]) == 7, out
     sent.append(("e2e-http-1", int(out["prompt_tokens"]), 7))
+    cancelled = cancel_after_first_token(ip, "A long answer that the client abandons", 400, "e2e-cancel-1")
+    refused = http_status(ip, {"text_input": "", "max_tokens": 5, "stream": False})
+    assert refused == 400  # a bad request is refused with a 4xx and nothing is billed
+    assert int(http_generate(ip, "Still serving", 3, "e2e-http-2")["generated_tokens"]) == 3
 
     # 3. an update rolls out: a new pod with the new configuration becomes Ready
     old_uids = {p["metadata"]["uid"] for p in pods}
@@ -161,14 +195,23 @@ def test_apply_serve_update_bill_delete(cluster: ClusterHandle, stack: Stack, na
                 for line in rows.splitlines() if line.strip()}
         return mine if all(r in mine for r, _, _ in sent) else None
 
+    sent.append(("e2e-http-2", -1, 3))
     events = wait_for(billed, 90, "usage events in the ledger", stack)
-    assert len(events) == len(sent)
+    events = wait_for(lambda: (e := billed()) and "e2e-cancel-1" in e and e, 60,
+                      "the cancelled request's usage event", stack)
+    assert len(events) == len(sent) + 1  # + the cancelled one; the refused one is not billed
+    assert events["e2e-cancel-1"]["status"] == "cancelled"
+    assert cancelled <= events["e2e-cancel-1"]["generated_tokens"] < 400
+    sent[-1] = ("e2e-http-2", events["e2e-http-2"]["prompt_tokens"], 3)
     for rid, p_tokens, g_tokens in sent:
         assert events[rid]["prompt_tokens"] == p_tokens
         assert events[rid]["generated_tokens"] == g_tokens
     focus = list(csv.DictReader(io.StringIO(stack.export("focus"))))
     token_rows = [r for r in focus if r.get("ConsumedUnit", "").lower().startswith("token")]
-    assert sum(float(r["ConsumedQuantity"]) for r in token_rows) == sum(p + g for _, p, g in sent)
+    cancel = events["e2e-cancel-1"]
+    expected_tokens = sum(p + g for _, p, g in sent) + cancel["prompt_tokens"] + cancel["generated_tokens"]
+    assert sum(float(r["ConsumedQuantity"]) for r in token_rows) == expected_tokens
+    assert stack.export("focus") == stack.export("focus")  # a window's export is reproducible
 
     # 5. delete → every child is gone
     cluster.run_kubectl("delete", "inferencemodel", MODEL, "-n", ns, "--wait=true", timeout=120)
