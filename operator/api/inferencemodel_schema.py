@@ -345,6 +345,28 @@ PLACEMENT_STATUS = obj(
     },
 )
 
+SCALING_STATUS = obj(
+    "The autoscaler's view: who owns spec.scaling.replicas, the load it saw and what it decided.",
+    {
+        "owner": string("Who owns the replica count: deepserve (the autoscaler writes /scale) or external "
+                        "(an HPA, KEDA, the deepserve.io/autoscaler annotation or a recent manual edit).",
+                        enum=["deepserve", "external"]),
+        "ownerReason": string("Why that owner.", max_length=1024),
+        "metric": string("Load metric the target is expressed in.", max_length=64),
+        "target": number("Load per Ready replica the autoscaler aims for, in the metric's unit."),
+        "desiredReplicas": integer("Replicas the autoscaler wants now (after capacity caps).", minimum=0),
+        "mode": string("Decision mode: stable, burst, panic, idle, activate, hold or fixed.", max_length=32),
+        "reason": string("Why this many replicas.", max_length=1024),
+        "stableLoad": number("Mean load over the stable window (60 s by default)."),
+        "burstLoad": number("Mean load over the burst (panic) window (6 s by default)."),
+        "capacity": string("Set when the planned pool caps a scale-up (NoCapacity: ...).", max_length=2048),
+        "suggestedPool": string("A pool that fits the whole demand, when moving pools is allowed.",
+                                max_length=63),
+        "lastScaleTime": string("When the desired replica count last changed (RFC 3339).", max_length=64),
+        "lastScaleReplicas": integer("The desired replica count set at lastScaleTime.", minimum=0),
+    },
+)
+
 STATUS = obj(
     "Observed state, written only by the operator.",
     {
@@ -362,6 +384,7 @@ STATUS = obj(
             "metrics": string("Prometheus metrics endpoint.", max_length=1024),
         }),
         "versions": array("Per-version state.", VERSION_STATUS, max_items=MAX_VERSIONS),
+        "scaling": SCALING_STATUS,
     },
 )
 

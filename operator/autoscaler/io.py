@@ -103,14 +103,33 @@ def write_scale(kube: Kube, namespace: str, model: str, replicas: int, *, manage
     return kube.request("PUT", scale_path(namespace, model), body=body, query=[("fieldManager", manager)])
 
 
+def _current_scale(kube: Kube, namespace: str, model: str) -> tuple[int, str | None]:
+    """(replicas, resourceVersion) of the model.
+
+    The API server answers GET /scale with 500 while ``spec.scaling.replicas`` is unset
+    (a fresh model at ``minReplicas``), so the count then comes from the object itself.
+    """
+    try:
+        scale = read_scale(kube, namespace, model)
+        return int((scale.get("spec") or {}).get("replicas") or 0), (scale.get("metadata") or {}).get(
+            "resourceVersion")
+    except KubeError as e:
+        if e.status != 500 or "does not exist" not in e.message:
+            raise
+    obj = kube.get(API_VERSION, "InferenceModel", model, namespace)
+    if obj is None:
+        raise KubeError(404, "NotFound", f"InferenceModel {namespace}/{model} not found")
+    scaling = (obj.get("spec") or {}).get("scaling") or {}
+    return int(scaling.get("replicas", scaling.get("minReplicas", 1))), obj["metadata"].get("resourceVersion")
+
+
 def scale_from_zero(kube: Kube, namespace: str, model: str) -> bool:
     """Set replicas to 1 if the model is at 0 (the activator's ask); True when written."""
-    scale = read_scale(kube, namespace, model)
-    if int((scale.get("spec") or {}).get("replicas") or 0) > 0:
+    replicas, resource_version = _current_scale(kube, namespace, model)
+    if replicas > 0:
         return False
     try:
-        write_scale(kube, namespace, model, 1, manager=ACTIVATOR_MANAGER,
-                    resource_version=(scale.get("metadata") or {}).get("resourceVersion"))
+        write_scale(kube, namespace, model, 1, manager=ACTIVATOR_MANAGER, resource_version=resource_version)
     except KubeError as e:
         if e.status == 409:  # someone scaled it meanwhile: that is what we wanted
             return False

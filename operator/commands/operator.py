@@ -37,6 +37,12 @@ def register(sub: Any) -> None:
     run.add_argument("--resync-seconds", type=float, default=60.0, help="periodic reconcile interval (0: only on watch events)")
     run.add_argument("--engine-runner", default="", metavar="NAME",
                      help="(dev only) label engine pods deepserve.io/runner=NAME for a local runner")
+    run.add_argument("--autoscale-tick", type=_seconds, default=2.0, metavar="SECONDS",
+                     help="autoscaler tick per InferenceModel (0: no autoscaler; see docs/autoscaling.md)")
+    run.add_argument("--manual-hold", type=_seconds, default=600.0, metavar="SECONDS",
+                     help="after a manual edit of replicas (kubectl scale), leave the count alone this long")
+    run.add_argument("--allow-pool-move", action="store_true",
+                     help="when the planned pool is full, name a pool that fits in status.scaling.suggestedPool")
     run.add_argument("--liveness", default="", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.set_defaults(func=_run)
 
@@ -44,6 +50,17 @@ def register(sub: Any) -> None:
     gen.add_argument("--check", action="store_true", help="write nothing; exit 1 when files differ")
     gen.add_argument("--root", type=Path, default=REPO_ROOT, help="repository root")
     gen.set_defaults(func=_gen_crds)
+
+
+def _seconds(value: str) -> float:
+    """argparse type: a non-negative number of seconds."""
+    try:
+        out = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not out >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {value}")
+    return out
 
 
 def _gen_crds(args: argparse.Namespace) -> int:
@@ -113,6 +130,7 @@ def _run(args: argparse.Namespace) -> int:
 
     _limit_malloc_arenas()
 
+    from deepserve.operator.autoscaler.loop import AutoscalerOptions
     from deepserve.operator.builders import Settings
     from deepserve.operator.controller.handlers import OperatorOptions, register
 
@@ -121,7 +139,10 @@ def _run(args: argparse.Namespace) -> int:
     settings = Settings(engine_image=args.engine_image, usage_endpoint=args.usage_endpoint,
                         gateway_api=gateway_api, gateway_parent=parent,
                         engine_runner=args.engine_runner)  # type: ignore[arg-type]
-    options = OperatorOptions(kubeconfig=args.kubeconfig, settings=settings, resync_seconds=args.resync_seconds)
+    autoscaler = AutoscalerOptions(tick_s=args.autoscale_tick, manual_hold_s=args.manual_hold,
+                                   allow_pool_move=args.allow_pool_move) if args.autoscale_tick > 0 else None
+    options = OperatorOptions(kubeconfig=args.kubeconfig, settings=settings, resync_seconds=args.resync_seconds,
+                              autoscaler=autoscaler)
     registry = kopf.OperatorRegistry()
     register(registry, options, gateway_api)
     if not args.standalone:

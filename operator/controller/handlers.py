@@ -21,8 +21,10 @@ from typing import Any
 import kopf
 from deepserve.operator import placement as planner
 from deepserve.operator.api.crds import GROUP, VERSION
+from deepserve.operator.autoscaler.loop import AutoscalerOptions
 from deepserve.operator.builders import Settings
 from deepserve.operator.builders.context import MANAGED_BY
+from deepserve.operator.controller.autoscaling import ModelScaling
 from deepserve.operator.controller.observed import (
     child_ref,
     deployment_state,
@@ -64,6 +66,7 @@ class OperatorOptions:
     settings: Settings = field(default_factory=Settings)
     resync_seconds: float = 60.0
     pool_cache_seconds: float = 2.0
+    autoscaler: AutoscalerOptions | None = field(default_factory=lambda: AutoscalerOptions(tick_s=2.0))
 
 
 @dataclass
@@ -196,17 +199,35 @@ async def _owned_event(event: Any, body: Any, memo: Any, **kwargs: Any) -> None:
         log.warning("%s/%s: reconcile after %s event failed: %s", *key, body.get("kind"), e)
 
 
+async def _autoscale(options: AutoscalerOptions, name: str, namespace: str, memo: Any, stopped: kopf.DaemonStopped,
+                     **kwargs: Any) -> None:
+    """Daemon body: one ModelScaling per model, a tick every ``tick_s`` until stopped or the model is gone."""
+    state: ControllerState = memo.deepserve
+    key, models = (namespace, name), kwargs["ds_models"]
+    scaling = ModelScaling(state.kube, namespace, name, options,
+                           pools=lambda: state.pools.get(lambda: discovered_pools(kwargs)))
+    while key in models and not stopped:  # kopf may not stop daemons of objects deleted without a finalizer
+        try:
+            await asyncio.to_thread(scaling.step, next(iter(models[key])))
+        except KubeError as e:
+            log.warning("%s/%s: autoscaler tick failed: %s", namespace, name, e)
+        except Exception:  # one bad tick must not end scaling for good
+            log.exception("%s/%s: autoscaler tick failed", namespace, name)
+        await stopped.wait(options.tick_s)
+
+
 def _index(registry: kopf.OperatorRegistry, resource: tuple[str, str, str], id_: str,
            fn: Callable[..., Any], labels: dict[str, str] | None = None) -> None:
     kopf.index(*resource, id=id_, registry=registry, labels=labels)(fn)  # type: ignore[arg-type]
 
 
 def _without_finalizer(registry: kopf.OperatorRegistry, handler_id: str) -> None:
-    """Let a timer run without kopf's finalizer.
+    """Let a timer or daemon run without kopf's finalizer.
 
-    kopf marks every timer as needing a finalizer (kopf/on.py), so deleting a model would
-    hang while the operator is down. The resync timer cleans up nothing outside the
-    cluster, and kopf stops timers on the deletion event anyway.
+    kopf marks every timer and daemon as needing a finalizer (kopf/on.py), so deleting a
+    model would hang while the operator is down. Neither the resync timer nor the
+    autoscaler daemon cleans up anything outside the cluster; the daemon ends by itself
+    when its model leaves the index.
     """
     spawning = registry._spawning
     spawning._handlers = [dataclasses.replace(h, requires_finalizer=False) if h.id == handler_id else h
@@ -268,6 +289,17 @@ def register(registry: kopf.OperatorRegistry, options: OperatorOptions, gateway_
         kopf.timer(*MODELS, registry=registry, interval=options.resync_seconds,
                    initial_delay=options.resync_seconds, id="ds_resync")(_model_handler)
         _without_finalizer(registry, "ds_resync")
+
+    if options.autoscaler is not None:
+        scaler_options = options.autoscaler
+
+        # stop: the flag first (a tick in flight finishes, up to the 1 s scrape timeout), then cancel
+        @kopf.daemon(*MODELS, registry=registry, id="ds_autoscaler", cancellation_backoff=3, cancellation_timeout=5)
+        async def autoscaler(name: str, namespace: str | None, memo: Any, stopped: kopf.DaemonStopped,
+                             **kwargs: Any) -> None:
+            await _autoscale(scaler_options, name, namespace or "", memo, stopped, **kwargs)
+
+        _without_finalizer(registry, "ds_autoscaler")
 
     @kopf.on.event(*MODELS, registry=registry, id="ds_forget")
     def forget(event: Any, body: Any, memo: Any, **_: Any) -> None:

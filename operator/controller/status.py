@@ -146,6 +146,9 @@ def compute_status(inp: StatusInputs) -> dict[str, Any]:
     }
     if inp.plan is not None:
         status["placement"] = _placement_status(inp.plan)
+    if inp.previous.get("scaling"):
+        # written by the autoscaler, not computed here: carried so the merge patch keeps it
+        status["scaling"] = inp.previous["scaling"]
     if not inp.spec_error:
         status["endpoint"] = f"http://{host}:{HTTP_PORT}"
         status["endpoints"] = {"http": f"http://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}",

@@ -24,6 +24,7 @@ WORKLOAD_RULES = {
     ("deepserve.io", "inferencemodels"): READ | {"patch"},
     ("deepserve.io", "inferencemodels/status"): {"get", "patch"},
     ("deepserve.io", "inferencemodels/scale"): {"get", "update", "patch"},
+    ("autoscaling", "horizontalpodautoscalers"): {"list"},
     ("apps", "deployments"): CRUD,
     ("", "services"): CRUD,
     ("", "configmaps"): CRUD,

@@ -82,3 +82,15 @@ def test_no_placement_names_the_reason() -> None:
     st = status(plan=plan)
     assert cond(st, "Scheduled") == ("False", "NoPoolFits")
     assert st["placement"]["reason"].startswith("NoPoolFits")
+
+
+def test_autoscaler_status_is_carried_so_the_merge_patch_keeps_it() -> None:
+    from deepserve.operator.controller.reconcile import merge_patch
+
+    first = status(deployments={"main": dep(1)})
+    assert "scaling" not in first
+    scaling = {"owner": "deepserve", "desiredReplicas": 1, "mode": "stable"}
+    observed = {**first, "scaling": scaling}  # the autoscaler patched status.scaling meanwhile
+    again = status(deployments={"main": dep(1)}, now="T2", previous=observed)
+    assert again["scaling"] == scaling
+    assert merge_patch(observed, again) == {}  # the reconcile's write nulls nothing

@@ -1,0 +1,116 @@
+"""The autoscaler as the operator runs it: which models it ticks, its daemon, its flags."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import kopf
+import pytest
+from deepserve.operator.autoscaler.loop import AutoscalerOptions
+from deepserve.operator.commands import operator as operator_cmd
+from deepserve.operator.controller import handlers
+from deepserve.operator.controller.autoscaling import ModelScaling, scaling_enabled
+
+pytestmark = pytest.mark.unit
+
+
+def model(scaling: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "deepserve.io/v1alpha1", "kind": "InferenceModel",
+            "metadata": {"name": "chat", "namespace": "ns", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"source": {"uri": "builtin://tiny-llama"}, "scaling": scaling}, "status": status or {}}
+
+
+class FakeKube:
+    """The calls ModelScaling and one autoscaler tick make (no pods, so no scrapes)."""
+
+    def __init__(self, obj: dict[str, Any], hpas: list[dict[str, Any]] | None = None) -> None:
+        self.obj, self.hpas = obj, hpas or []
+        self.calls: list[str] = []
+        self.status_patches: list[dict[str, Any]] = []
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        self.calls.append(f"get {kind}")
+        return self.obj
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None,
+             label_selector: str | None = None) -> list[dict[str, Any]]:
+        self.calls.append(f"list {kind}")
+        return self.hpas if kind == "HorizontalPodAutoscaler" else []
+
+    def request(self, method: str, path: str, **_: Any) -> dict[str, Any]:
+        raise AssertionError(f"unexpected {method} {path}")
+
+    def patch_status(self, api_version: str, kind: str, name: str, namespace: str | None,
+                     status: dict[str, Any]) -> dict[str, Any]:
+        self.status_patches.append(status)
+        return status
+
+
+HPA = {"metadata": {"name": "keda-hpa-chat"},
+       "spec": {"scaleTargetRef": {"apiVersion": "deepserve.io/v1alpha1", "kind": "InferenceModel", "name": "chat"}}}
+
+
+def test_only_a_replica_range_or_scale_to_zero_needs_deciding() -> None:
+    assert not scaling_enabled(model({})["spec"])  # min 1, max defaults to min
+    assert not scaling_enabled(model({"minReplicas": 2, "maxReplicas": 2})["spec"])
+    assert scaling_enabled(model({"minReplicas": 1, "maxReplicas": 4})["spec"])
+    assert scaling_enabled(model({"minReplicas": 0, "maxReplicas": 1, "scaleToZero": {"enabled": True}})["spec"])
+    assert not scaling_enabled({"scaling": {"minReplicas": 1}})  # no source: invalid, the reconcile says so
+
+
+def test_fixed_model_without_hpa_costs_no_tick() -> None:
+    kube = FakeKube(model({"minReplicas": 2, "maxReplicas": 2}))
+    scaling = ModelScaling(kube, "ns", "chat", AutoscalerOptions(hpa_every_s=15), clock=lambda: 100.0)  # type: ignore[arg-type]
+    assert scaling.step(kube.obj) is None and scaling.step(kube.obj) is None
+    assert kube.calls == ["list HorizontalPodAutoscaler"]  # listed once per hpa_every_s, nothing else
+    assert kube.status_patches == []
+
+
+def test_fixed_model_targeted_by_an_hpa_reports_the_external_owner() -> None:
+    kube = FakeKube(model({"minReplicas": 2, "maxReplicas": 2}), hpas=[HPA])
+    result = ModelScaling(kube, "ns", "chat", AutoscalerOptions()).step(kube.obj)  # type: ignore[arg-type]
+    assert result is not None and result.owner.owner == "external" and result.written is None
+    assert kube.status_patches[-1]["scaling"]["owner"] == "external"
+    assert "KEDA ScaledObject keda-hpa-chat" in kube.status_patches[-1]["scaling"]["ownerReason"]
+
+
+def test_enabled_model_ticks_and_a_model_made_fixed_drops_its_scaling_status() -> None:
+    kube = FakeKube(model({"minReplicas": 0, "maxReplicas": 2, "scaleToZero": {"enabled": True}}))
+    scaling = ModelScaling(kube, "ns", "chat", AutoscalerOptions())  # type: ignore[arg-type]
+    result = scaling.step(kube.obj)
+    assert result is not None and result.owner.owner == "deepserve" and result.status["desiredReplicas"] == 0
+    assert kube.status_patches[-1]["scaling"]["owner"] == "deepserve"
+    fixed = model({"minReplicas": 1}, status={"scaling": kube.status_patches[-1]["scaling"]})
+    assert scaling.step(fixed) is None and scaling.scaler is None
+    assert kube.status_patches[-1] == {"scaling": None}  # merge patch: remove the stale block
+
+
+def _spawning(registry: kopf.OperatorRegistry) -> dict[str, Any]:
+    return {h.id: h for h in registry._spawning._handlers}
+
+
+def test_daemon_is_registered_without_a_finalizer_and_can_be_turned_off() -> None:
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, handlers.OperatorOptions(), gateway_api=False)
+    daemon = _spawning(registry)["ds_autoscaler"]
+    assert daemon.requires_finalizer is False  # deleting a model never waits for the operator
+    assert not any(h.requires_finalizer for h in registry._spawning._handlers)
+    off = kopf.OperatorRegistry()
+    handlers.register(off, handlers.OperatorOptions(autoscaler=None), gateway_api=False)
+    assert "ds_autoscaler" not in _spawning(off)
+
+
+def _run_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    operator_cmd.register(parser.add_subparsers())
+    return parser.parse_args(["operator", "run", *argv])
+
+
+def test_operator_run_flags() -> None:
+    args = _run_args()
+    assert (args.autoscale_tick, args.manual_hold, args.allow_pool_move) == (2.0, 600.0, False)
+    args = _run_args("--autoscale-tick", "0.5", "--manual-hold", "30", "--allow-pool-move")
+    assert (args.autoscale_tick, args.manual_hold, args.allow_pool_move) == (0.5, 30.0, True)
+    with pytest.raises(SystemExit):
+        _run_args("--manual-hold", "-1")
