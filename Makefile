@@ -52,6 +52,7 @@ test-e2e: tools ## the whole flow: chart, operator, real Triton processes
 
 lint: setup ## ruff, mypy and the import-linter layer contracts
 	$(VENV)/bin/ruff check operator engine tests bench
+	$(VENV)/bin/mypy operator engine
 	$(VENV)/bin/lint-imports
 
 verify: setup ## regenerate CRDs (and the chart's copy) and fail on drift
