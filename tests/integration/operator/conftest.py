@@ -39,7 +39,7 @@ def kube(cluster: Any) -> Iterator[Kube]:
     def established() -> bool:
         for path in (ROOT / "crds").glob("*.yaml"):
             crd = k.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", path.stem)
-            conds = {c["type"]: c["status"] for c in (crd or {}).get("status", {}).get("conditions", [])}
+            conds = {c["type"]: c["status"] for c in ((crd or {}).get("status") or {}).get("conditions") or []}
             if conds.get("Established") != "True":
                 return False
         return True

@@ -28,7 +28,7 @@ def ready_model(kube: Kube, ns: str, name: str, generation: int = 1) -> dict[str
         ok = st.get("observedGeneration") == generation and condition(obj, "Ready").get("status") == "True"
         return obj if ok else None
 
-    return wait_for(check, f"{name} Ready at generation {generation}", 90)
+    return wait_for(check, f"{name} Ready at generation {generation}", 150)
 
 
 def test_apply_creates_children_on_the_planned_pool_and_kubectl_wait_works(
