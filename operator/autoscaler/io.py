@@ -123,19 +123,26 @@ def _current_scale(kube: Kube, namespace: str, model: str) -> tuple[int, str | N
     return int(scaling.get("replicas", scaling.get("minReplicas", 1))), obj["metadata"].get("resourceVersion")
 
 
-def scale_from_zero(kube: Kube, namespace: str, model: str) -> bool:
-    """Set replicas to 1 if the model is at 0 (the activator's ask); True when written."""
-    replicas, resource_version = _current_scale(kube, namespace, model)
-    if replicas > 0:
-        return False
-    try:
-        write_scale(kube, namespace, model, 1, manager=ACTIVATOR_MANAGER, resource_version=resource_version)
-    except KubeError as e:
-        if e.status == 409:  # someone scaled it meanwhile: that is what we wanted
+def scale_from_zero(kube: Kube, namespace: str, model: str, attempts: int = 5) -> bool:
+    """Set replicas to 1 if the model is at 0 (the activator's ask); True when written.
+
+    The write is optimistic on the object's resourceVersion, which every status write (the
+    operator's, the autoscaler's) also moves: a 409 therefore re-reads, and gives up only when
+    someone else has scaled the model up meanwhile.
+    """
+    for _ in range(attempts):
+        replicas, resource_version = _current_scale(kube, namespace, model)
+        if replicas > 0:
             return False
-        raise
-    log.info("%s/%s: scaled from zero for a held request", namespace, model)
-    return True
+        try:
+            write_scale(kube, namespace, model, 1, manager=ACTIVATOR_MANAGER, resource_version=resource_version)
+        except KubeError as e:
+            if e.status == 409:
+                continue
+            raise
+        log.info("%s/%s: scaled from zero for a held request", namespace, model)
+        return True
+    raise KubeError(409, "Conflict", f"{namespace}/{model}: scale from zero lost {attempts} races in a row")
 
 
 def list_hpas(kube: Kube, namespace: str) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ projections of owned objects, nodes, GPU pods and GPUNodePools in memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -23,7 +24,7 @@ from deepserve.operator import placement as planner
 from deepserve.operator.api.crds import GROUP, VERSION
 from deepserve.operator.autoscaler.loop import AutoscalerOptions
 from deepserve.operator.builders import Settings
-from deepserve.operator.builders.context import MANAGED_BY
+from deepserve.operator.builders.context import LABEL_MODEL, MANAGED_BY
 from deepserve.operator.controller.autoscaling import ModelScaling
 from deepserve.operator.controller.observed import (
     child_ref,
@@ -37,6 +38,7 @@ from deepserve.operator.controller.reconcile import (
     AppliedCache,
     DecisionCache,
     Observed,
+    needs_placement,
     older_marker,
     reconcile,
 )
@@ -69,6 +71,20 @@ class OperatorOptions:
     autoscaler: AutoscalerOptions | None = field(default_factory=lambda: AutoscalerOptions(tick_s=2.0))
 
 
+RESERVATION_S = 120.0  # how long a new placement holds its GPUs while its pods are being created
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """GPUs a new placement promised on a pool before its pods exist."""
+
+    namespace: str
+    name: str
+    pool: str
+    gpus: int
+    until: float
+
+
 @dataclass
 class ControllerState:
     """Per-process state, kept in kopf's memo (not module globals)."""
@@ -82,6 +98,32 @@ class ControllerState:
     pools: TtlCache = field(default_factory=lambda: TtlCache(2.0))
     decisions: DecisionCache = field(default_factory=dict)
     projections: dict[tuple[str, str, str], Any] = field(default_factory=dict)  # last status-relevant view
+    planning: threading.Lock = field(default_factory=threading.Lock)  # one new placement at a time
+    reservations: dict[str, Reservation] = field(default_factory=dict)  # model uid -> GPUs promised
+
+    def reserved(self, gpu_pods: list[dict[str, Any]], exclude_uid: str | None = None) -> dict[str, int]:
+        """GPUs per pool promised to new placements of other models and not yet held by their pods.
+
+        A model's pods (bound or pending) already count against the pool in discover_pools, so
+        only the remainder is reserved; a reservation ends when its pods exist or it expires.
+        """
+        now = time.monotonic()
+        seen: dict[tuple[str, str], int] = {}
+        for pod in gpu_pods:
+            md = pod.get("metadata") or {}
+            model = (md.get("labels") or {}).get(LABEL_MODEL)
+            if model:
+                k = (md.get("namespace", ""), model)
+                seen[k] = seen.get(k, 0) + planner.pod_gpus(pod)
+        out: dict[str, int] = {}
+        with self.guard:
+            for uid, r in list(self.reservations.items()):
+                left = r.gpus - seen.get((r.namespace, r.name), 0)
+                if left <= 0 or now > r.until:
+                    self.reservations.pop(uid, None)
+                elif uid != exclude_uid:
+                    out[r.pool] = out.get(r.pool, 0) + left
+        return out
 
     def lock_for(self, key: tuple[str, str]) -> threading.Lock:
         """The lock serialising reconciles of one model."""
@@ -93,6 +135,7 @@ class ControllerState:
         with self.guard:
             self.locks.pop(key, None)
             if uid:
+                self.reservations.pop(uid, None)
                 self.last_status.pop(uid, None)
                 self.decisions.pop(uid, None)
             for cache in (self.applied, self.projections):
@@ -113,8 +156,13 @@ def discovered_pools(indexes: dict[str, Any]) -> list[Any]:
     return list(found.pools)
 
 
-def observe(model: dict[str, Any], indexes: dict[str, Any], state: ControllerState) -> Observed:
-    """Assemble the snapshot of one model from the indexes."""
+def observe(model: dict[str, Any], indexes: dict[str, Any], state: ControllerState,
+            fresh: bool = False) -> Observed:
+    """Assemble the snapshot of one model from the indexes.
+
+    ``fresh``: a new placement is about to be made, so pools are read now rather than from
+    the shared cache, in the same moment as the reservations.
+    """
     key = (model["metadata"]["namespace"], model["metadata"]["name"])
     children = {}
     for name in ("ds_configmaps", "ds_services", "ds_deployments", "ds_poddisruptionbudgets", "ds_httproutes"):
@@ -123,7 +171,10 @@ def observe(model: dict[str, Any], indexes: dict[str, Any], state: ControllerSta
             children[ref.key] = ref
     deployments = {d.version: d for d in (indexes["ds_deployment_states"].get(key, []))}
     pods = tuple(indexes["ds_model_pods"].get(key, []))
-    pools = state.pools.get(lambda: discovered_pools(indexes))
+    pools = discovered_pools(indexes) if fresh else state.pools.get(lambda: discovered_pools(indexes))
+    reserved = state.reserved(flatten(indexes.get("ds_gpu_pods")), model["metadata"].get("uid"))
+    if reserved:
+        pools = planner.with_reservations(pools, reserved)
     tolerations = {p["metadata"]["name"]: tuple(p.get("spec", {}).get("tolerations", []) or [])
                    for p in flatten(indexes.get("ds_pools"))}
     return Observed(model=model, children=children, deployments=deployments, pods=pods, pools=pools,
@@ -134,12 +185,24 @@ def run_reconcile(model: dict[str, Any], indexes: dict[str, Any], state: Control
     """Reconcile one model under its lock and post the Events it decided."""
     md = model["metadata"]
     key = (md["namespace"], md["name"])
-    with state.lock_for(key):
-        observed = observe(model, indexes, state)
+    # a new placement reads free capacity and then takes some: one at a time, so models created
+    # together see each other's GPUs (the planning lock is always taken before a model's lock)
+    fresh = needs_placement(model, state.last_status.get(md["uid"]))
+    with state.planning if fresh else contextlib.nullcontext(), state.lock_for(key):
+        observed = observe(model, indexes, state, fresh)
         result, status = reconcile(observed, state.kube, state.settings, state.applied, _now(),
                                    state.last_status.get(md["uid"]), clock=time.monotonic(),
                                    decisions=state.decisions)
         state.last_status[md["uid"]] = status
+        if result.placed is not None:
+            pool, gpus = result.placed
+            offer = next((p for p in observed.pools if p.name == pool), None)
+            log.info("%s/%s: placed on pool %s (%d GPU(s)); the pool had %s free GPU(s), %s reserved for "
+                     "other new placements", *key, pool, gpus, getattr(offer, "free_gpus", "?"),
+                     {r.pool: r.gpus for u, r in state.reservations.items() if u != md["uid"]} or "none")
+            with state.guard:
+                state.reservations[md["uid"]] = Reservation(md["namespace"], md["name"], pool, gpus,
+                                                            time.monotonic() + RESERVATION_S)
     for type_, reason, message in result.events:
         # a plain dict with apiVersion/kind/metadata is a valid kopf body
         kopf.event(model, type=type_, reason=reason, message=message[:1000])  # type: ignore[arg-type]
@@ -153,6 +216,13 @@ def _model_handler(body: Any, memo: Any, **kwargs: Any) -> None:
     except KubeError as e:
         if e.status in (409, 429, 500, 503, 504) or e.status == 0:
             raise kopf.TemporaryError(f"API server: {e}", delay=5) from e
+        md = body.get("metadata", {})
+        if e.status == 404 and memo.deepserve.kube.get(f"{GROUP}/{VERSION}", "InferenceModel", md.get("name"),
+                                                        md.get("namespace")) is None:
+            # the model went away while this reconcile ran; its DELETED event ends the story,
+            # so a timer or resume handler has nothing left to retry
+            log.info("%s/%s: deleted while reconciling (%s)", md.get("namespace"), md.get("name"), e)
+            return
         raise
 
 

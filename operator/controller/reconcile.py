@@ -68,6 +68,13 @@ class Result:
     deleted: list[str] = field(default_factory=list)
     status_written: bool = False
     events: list[Event] = field(default_factory=list)
+    placed: tuple[str, int] | None = None  # (pool, GPUs) when this reconcile made a new placement
+
+
+def needs_placement(model: dict[str, Any], status: dict[str, Any] | None = None) -> bool:
+    """Whether the next reconcile plans afresh (no placement yet, or the spec it was made for changed)."""
+    previous = ((status if status is not None else model.get("status")) or {}).get("placement") or None
+    return previous is None or previous.get("requestDigest") != placement_digest(model.get("spec") or {})
 
 
 def split_replicas(total: int, weights: dict[str, int]) -> dict[str, int]:
@@ -99,9 +106,7 @@ def decide(model: dict[str, Any], pools: list[Any], settings: Settings,
     except SpecError as e:
         return Decision(None, str(e), None, {}, 0, ())
     previous = ((model.get("status") or {}).get("placement")) or None
-    want_digest = placement_digest(raw)
-    replan = previous is None or previous.get("requestDigest") != want_digest
-    outcome = plan(spec, pools, previous, replan, pool_tolerations)
+    outcome = plan(spec, pools, previous, needs_placement(model), pool_tolerations)
     total = spec.scaling.desired()
     replicas = split_replicas(total, {v.name: v.weight for v in spec.versions})
     if outcome.chosen is None:
@@ -214,6 +219,9 @@ def reconcile(observed: Observed, writer: ChildWriter, settings: Settings, appli
     # decide from the newest status this process knows (the watched body may lag our writes)
     decision = _decide_cached({**model, "status": old}, observed, settings, decisions)
     failure: Exception | None = None
+    chosen = decision.plan.chosen if decision.plan is not None else None
+    if chosen is not None and decision.plan is not None and decision.plan.changed:
+        result.placed = (chosen.pool, decision.total * chosen.gpus_per_replica)
     try:
         ensure_children(decision, observed, writer, applied, result, clock)
     except Exception as e:  # reported in status, then re-raised so the caller retries

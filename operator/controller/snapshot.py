@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from deepserve.operator.builders.context import LABEL_MODEL
 from deepserve.operator.builders.deployment import GPU_RESOURCE
 
 
@@ -56,8 +57,10 @@ def gpu_pod_snapshot(body: Mapping[str, Any]) -> dict[str, Any] | None:
     if not containers:
         return None
     md = body.get("metadata", {})
-    return {"metadata": {"name": md.get("name"), "namespace": md.get("namespace")},
-            "spec": {"nodeName": spec.get("nodeName", ""), "containers": containers},
+    labels = {k: v for k, v in (md.get("labels") or {}).items() if k == LABEL_MODEL}
+    return {"metadata": {"name": md.get("name"), "namespace": md.get("namespace"), "labels": labels},
+            "spec": {"nodeName": spec.get("nodeName", ""), "containers": containers,
+                     "nodeSelector": dict(spec.get("nodeSelector") or {})},
             "status": {"phase": st.get("phase", "Pending")}}
 
 

@@ -22,7 +22,9 @@ from deepserve.operator.placement.pools import (
     DiscoveredPools,
     PoolOffer,
     discover_pools,
+    pod_gpus,
     pools_from_document,
+    with_reservations,
 )
 from deepserve.operator.placement.shape import ModelShape, ShapeError
 
@@ -41,8 +43,10 @@ __all__ = [
     "discover_pools",
     "estimate",
     "plan_placement",
+    "pod_gpus",
     "pools_from_document",
     "serving_precision",
     "strategy_key",
     "valid_split",
+    "with_reservations",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from deepserve.engine.hardware import DEEPSERVE_LABEL, LABEL_KEYS, Catalog, load_catalog
@@ -125,7 +125,7 @@ def _node_ready(node: Mapping[str, Any]) -> bool:
     return True  # no conditions reported (fresh fake node): count it
 
 
-def _pod_gpus(pod: Mapping[str, Any]) -> int:
+def pod_gpus(pod: Mapping[str, Any]) -> int:
     """GPUs a pod holds: max(largest init container, sum of app containers), limits win."""
     spec = pod.get("spec") or {}
 
@@ -138,13 +138,49 @@ def _pod_gpus(pod: Mapping[str, Any]) -> int:
     return max(app, init)
 
 
+def _pending(pod: Mapping[str, Any]) -> bool:
+    """A pod the scheduler has not bound yet (and that has not finished)."""
+    return not (pod.get("spec") or {}).get("nodeName") and (pod.get("status") or {}).get("phase") not in (
+        "Succeeded", "Failed")
+
+
+def _take(free: list[int], gpus: int) -> None:
+    """Count ``gpus`` against a pool's per-node free list, whole replicas on the fullest nodes first."""
+    for _ in range(len(free)):
+        if gpus <= 0:
+            return
+        i = max(range(len(free)), key=free.__getitem__)
+        step = min(gpus, free[i])
+        if step <= 0:
+            break
+        free[i] -= step
+        gpus -= step
+
+
+def with_reservations(pools: Iterable[PoolOffer], reserved: Mapping[str, int]) -> list[PoolOffer]:
+    """Pools less GPUs already promised to placements whose pods do not exist yet.
+
+    ``reserved`` maps pool name to GPUs; each is taken from the pool's fullest nodes first.
+    """
+    out = []
+    for pool in pools:
+        gpus = int(reserved.get(pool.name, 0))
+        if gpus <= 0:
+            out.append(pool)
+            continue
+        node_free = list(pool.node_free_gpus)
+        _take(node_free, gpus)
+        out.append(replace(pool, free_gpus=max(0, pool.free_gpus - gpus), node_free_gpus=tuple(node_free)))
+    return out
+
+
 def _used_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     used: dict[str, int] = {}
     for pod in pods:
         node = (pod.get("spec") or {}).get("nodeName")
         phase = (pod.get("status") or {}).get("phase")
         if node and phase not in ("Succeeded", "Failed"):
-            used[node] = used.get(node, 0) + _pod_gpus(pod)
+            used[node] = used.get(node, 0) + pod_gpus(pod)
     return used
 
 
@@ -177,7 +213,10 @@ def discover_pools(
 
     A node joins the first GPUNodePool whose ``spec.nodeSelector`` it matches, else the pool
     named by its pool label (``POOL_LABELS``), else a pool per accelerator and GPU count.
-    Free GPUs = allocatable minus what bound, unfinished pods request. Nodes whose accelerator
+    Free GPUs = allocatable minus what bound, unfinished pods request, minus what pending pods
+    whose ``nodeSelector`` targets the pool request (the scheduler will put them there; without
+    this, models planned in the same moment would all pick the one cheapest pool and leave
+    pods Pending). Nodes whose accelerator
     no label identifies are reported in ``unknown`` and left out, never guessed.
     """
     catalog = catalog or load_catalog()
@@ -219,6 +258,12 @@ def discover_pools(
         if _node_ready(node):
             grp.nodes += 1
             grp.free.append(max(0, capacity - used.get(name, 0)))
+
+    pending = [p for p in pods if _pending(p) and pod_gpus(p)]
+    for grp in groups.values():
+        for pod in pending:
+            if _matches(grp.selector, (pod.get("spec") or {}).get("nodeSelector") or {}):
+                _take(grp.free, pod_gpus(pod))
 
     offers: list[PoolOffer] = []
     for pool_name, obj in declared.items():

@@ -140,10 +140,19 @@ def http_generate(ip: str, prompt: str, max_tokens: int, request_id: str) -> dic
         return dict(json.loads(r.read()))
 
 
-def test_apply_serve_update_bill_delete(cluster: ClusterHandle, stack: Stack, namespace: str) -> None:
+@pytest.fixture
+def l4_pool(cluster: ClusterHandle) -> Iterator[None]:
+    """The example GPUNodePool (cluster-scoped: removed afterwards, its maxNodes would outlive the test)."""
+    pools = str(REPO_ROOT / "examples" / "05-gpu-node-pool.yaml")
+    cluster.run_kubectl("apply", "-f", pools)
+    try:
+        yield
+    finally:
+        cluster.run_kubectl("delete", "--ignore-not-found", "-f", pools)
+
+
+def test_apply_serve_update_bill_delete(cluster: ClusterHandle, stack: Stack, namespace: str, l4_pool: None) -> None:
     ns = namespace
-    pools = REPO_ROOT / "examples" / "05-gpu-node-pool.yaml"
-    cluster.run_kubectl("apply", "-f", str(pools))
     cluster.run_kubectl("apply", "-n", ns, "-f", str(REPO_ROOT / "examples" / "01-tiny-model.yaml"))
 
     # 1. Ready on the planned pool, through kubectl wait like a user

@@ -22,13 +22,21 @@ def children(kube: Kube, ns: str, model: str) -> dict[tuple[str, str], dict[str,
 
 
 def ready_model(kube: Kube, ns: str, name: str, generation: int = 1) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
     def check() -> dict[str, Any] | None:
         obj = kube.get(IM, "InferenceModel", name, ns)
-        st = (obj or {}).get("status") or {}
+        st = seen["status"] = (obj or {}).get("status") or {}
         ok = st.get("observedGeneration") == generation and condition(obj, "Ready").get("status") == "True"
         return obj if ok else None
 
-    return wait_for(check, f"{name} Ready at generation {generation}", 150)
+    try:
+        return wait_for(check, f"{name} Ready at generation {generation}", 150)
+    except pytest.fail.Exception:
+        pods = [(p["metadata"]["name"], p["spec"].get("nodeSelector"), p["spec"].get("nodeName"),
+                 [(c["type"], c["status"], c.get("message", "")) for c in p["status"].get("conditions", [])])
+                for p in kube.list("v1", "Pod", ns)]
+        pytest.fail(f"{name} not Ready at generation {generation}; status {seen.get('status')}; pods {pods}")
 
 
 def test_apply_creates_children_on_the_planned_pool_and_kubectl_wait_works(

@@ -132,3 +132,32 @@ def test_local_dev_cluster_simulated_nodes_resolve() -> None:
     got = {p.name: (p.accelerator_id, p.gpus_per_node) for p in found.pools}
     assert got == {"a100-sxm": ("nvidia-a100-sxm4-80gb", 8),
                    "h100-sxm": ("nvidia-h100-sxm5-80gb", 8), "l4": ("nvidia-l4", 1)}
+
+
+def pending_pod(selector: dict[str, str], gpus: int) -> dict[str, Any]:
+    return {"spec": {"nodeSelector": selector, "containers": [{"resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]},
+            "status": {"phase": "Pending"}}
+
+
+def test_pending_pods_count_against_the_pool_their_node_selector_targets() -> None:
+    pods = [pending_pod({"deepserve.io/pool": "l4"}, 1), pending_pod({"deepserve.io/pool": "a100"}, 4),
+            pending_pod({"deepserve.io/pool": "a100"}, 3), pending_pod({"somewhere": "else"}, 8)]
+    by_name = {p.name: p for p in discover_pools(dev_cluster(), pods, []).pools}
+    assert (by_name["l4"].free_gpus, sorted(by_name["l4"].node_free_gpus)) == (1, [0, 1])
+    # 4 + 3 pending GPUs on two 8-GPU nodes: 9 left in all (where the scheduler puts them is its call)
+    assert by_name["a100"].free_gpus == 9 and sum(by_name["a100"].node_free_gpus) == 9
+    assert by_name["h100"].free_gpus == 8  # a selector naming no pool takes nothing
+    # a pod that finished, or one already bound, is not pending
+    done = pending_pod({"deepserve.io/pool": "l4"}, 1) | {"status": {"phase": "Succeeded"}}
+    assert {p.name: p for p in discover_pools(dev_cluster(), [done], []).pools}["l4"].free_gpus == 2
+
+
+def test_reservations_take_gpus_from_the_fullest_nodes_and_never_go_negative() -> None:
+    from deepserve.operator.placement import with_reservations
+
+    pools = discover_pools(dev_cluster(), [pod("a100-0", 6)], []).pools
+    out = {p.name: p for p in with_reservations(pools, {"a100": 4, "l4": 5})}
+    assert (out["a100"].free_gpus, sorted(out["a100"].node_free_gpus)) == (6, [2, 4])
+    assert (out["l4"].free_gpus, out["l4"].node_free_gpus) == (0, (0, 0))
+    assert out["h100"] == {p.name: p for p in pools}["h100"]  # untouched
+    assert out["l4"].replica_capacity(1) == 0
