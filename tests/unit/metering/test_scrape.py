@@ -82,3 +82,38 @@ def test_ledger_persists_counter_state_and_final_scrape(ledger) -> None:
     assert ledger.counter_totals(T0 + timedelta(hours=1), T0 + timedelta(hours=2))[
         ("prod", "chat", "v1")]["requests_success"] == 4
     assert ledger._read("SELECT COUNT(*) FROM counter_state")[0][0] == 0
+
+
+def _parser_only(text: str) -> tuple[dict, dict]:
+    from deepserve.operator.metering.scrape import COUNTERS, GAUGES
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counters, gauges = {}, {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            name = s.name.removesuffix("_total")
+            key = (name, tuple(sorted(s.labels.items())))
+            if name in COUNTERS and family.type in ("counter", "untyped", "unknown"):
+                counters[key] = float(s.value)
+            elif name in GAUGES:
+                gauges[key] = float(s.value)
+    return counters, gauges
+
+
+@pytest.mark.parametrize("success", [7, 8, 1_000_000, 3])
+def test_repeated_series_read_the_same_as_the_parser_reads_them(success: int) -> None:
+    # the second and later texts hit the memo of each series; values must still be fresh
+    text = triton_text(success, success // 3, 11 * success, 5 * success, util=(0.25, 0.5, 1.0))
+    text += 'nv_inference_pending_request_count{model="chat",version="1"} 4 1700000000000\n'
+    text += 'nv_inference_exec_count{model="chat",version="2",note="a } b"} 9\n'
+    for _ in range(2):
+        sample = parse_metrics_text(text)
+        assert (dict(sample.counters), dict(sample.gauges)) == _parser_only(text)
+
+
+def test_a_bad_value_on_a_known_series_is_still_an_error() -> None:
+    parse_metrics_text(triton_text(5))  # the series is now remembered
+    bad = triton_text(5).replace('nv_inference_count{model="chat",version="1"} 10',
+                                 'nv_inference_count{model="chat",version="1"} ten')
+    with pytest.raises(ScrapeError):
+        parse_metrics_text(bad)
