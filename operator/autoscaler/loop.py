@@ -54,13 +54,15 @@ class ModelAutoscaler:
 
     def __init__(self, kube: Kube, namespace: str, name: str, options: AutoscalerOptions | None = None,
                  held: Callable[[str, str], int] | None = None, pools: Callable[[], list[Any]] | None = None,
-                 sampler: io.MetricsSampler | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 sampler: io.MetricsSampler | None = None, clock: Callable[[], float] = time.monotonic,
+                 ranked: Callable[[InferenceModelSpec, list[Any]], list[Any]] | None = None) -> None:
         self.kube, self.namespace, self.name = kube, namespace, name
         self.options = options or AutoscalerOptions()
         self.state = ScalerState()
         self.sampler = sampler or io.MetricsSampler()
         self._held = held
         self._pools = pools
+        self._ranked = ranked  # the planner's candidates for a spec on these pools, best first
         self._clock = clock
         self._hpas: tuple[float, list[dict[str, Any]]] = (-1e18, [])
         self._status: dict[str, Any] = {}
@@ -113,10 +115,12 @@ class ModelAutoscaler:
         decision = decide(policy, self.state, obs)
         want, capacity_msg, move_to = decision.replicas, None, None
         if self._pools is not None and placement.get("pool"):
-            offers = {p.name: p for p in self._pools()}
+            pools = self._pools()
+            offers = {p.name: p for p in pools}
+            ranked = self._ranked(spec, pools) if self._ranked is not None and want > current else []
             verdict = check_capacity(want, current, sum(1 for p in pods if p.node),
                                      int(placement.get("gpusPerReplica", 1)), offers.get(placement["pool"]),
-                                     (), offers, self.options.allow_pool_move, self._tried)
+                                     ranked, offers, self.options.allow_pool_move, self._tried)
             want, capacity_msg, move_to = verdict.replicas, verdict.message, verdict.move_to
         written = None
         if owner.owner == DEEPSERVE and policy.enabled and want != current:

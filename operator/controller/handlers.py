@@ -33,6 +33,7 @@ from deepserve.operator.controller.observed import (
     owner_key,
     pod_state,
 )
+from deepserve.operator.controller.planning import ranked_candidates
 from deepserve.operator.controller.pools import pool_status
 from deepserve.operator.controller.reconcile import (
     AppliedCache,
@@ -275,7 +276,7 @@ async def _autoscale(options: AutoscalerOptions, name: str, namespace: str, memo
     state: ControllerState = memo.deepserve
     key, models = (namespace, name), kwargs["ds_models"]
     scaling = ModelScaling(state.kube, namespace, name, options,
-                           pools=lambda: state.pools.get(lambda: discovered_pools(kwargs)))
+                           pools=lambda: state.pools.get(lambda: discovered_pools(kwargs)), ranked=ranked_candidates)
     while key in models and not stopped:  # kopf may not stop daemons of objects deleted without a finalizer
         try:
             await asyncio.to_thread(scaling.step, next(iter(models[key])))

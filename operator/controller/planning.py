@@ -99,6 +99,20 @@ def _estimates(c: Any) -> dict[str, Any]:
          {"costPerMillionTokens": round(float(c.cost_per_million_tokens), 4)})
 
 
+def ranked_candidates(spec: InferenceModelSpec, pools: list[Any]) -> list[Any]:
+    """The planner's candidates for ``spec`` on ``pools``, best first (rejected ones carry a reason).
+
+    Empty when the model's shape is unknown or invalid (the reconcile reports that).
+    """
+    try:
+        shape = model_shape(spec)
+    except ValueError:
+        return []
+    if shape is None:
+        return []
+    return list(planner.plan_placement(shape, pools, placement_request(spec)).ranked)
+
+
 def kept_placement(previous: dict[str, Any], pools: list[Any], tolerations: Tolerations) -> PlanOutcome | None:
     """The previous placement (from status) if its pool is still offered."""
     pool_name = previous.get("pool")

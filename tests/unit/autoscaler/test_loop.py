@@ -123,3 +123,23 @@ def test_scale_write_by_someone_else_is_noticed_without_managed_fields() -> None
         clock[0] += 1
     assert kube.scale_writes == [] and result is not None
     assert kube.status["owner"] == "external" and "manual edit" in kube.status["ownerReason"]
+
+
+def test_a_full_pool_names_the_planners_next_pool_that_fits() -> None:
+    from deepserve.operator.controller.planning import ranked_candidates
+    from deepserve.operator.placement import PoolOffer
+
+    pools = [PoolOffer("l4", "nvidia-l4", 1, 3, 0, 0.71, "USD", 3, {"pool": "l4"}, node_free_gpus=(0, 0, 0)),
+             PoolOffer("h100", "nvidia-h100-sxm5-80gb", 8, 2, 16, 4.0, "USD", 2, {"pool": "h100"})]
+    for allow, suggested in ((True, "h100"), (False, None)):
+        kube, _, clock = setup()
+        kube.model["status"] = {"placement": {"pool": "l4", "gpusPerReplica": 1}}
+        auto = ModelAutoscaler(kube, "ns", "chat", AutoscalerOptions(allow_pool_move=allow),  # type: ignore[arg-type]
+                               sampler=MetricsSampler(lambda urls: {u: metrics(clock[0] * 20e6) for u in urls}),
+                               clock=lambda: clock[0], pools=lambda: pools, ranked=ranked_candidates)
+        for _ in range(5):
+            auto.tick()
+            clock[0] += 1
+        assert kube.status["capacity"].startswith("NoCapacity: pool l4 has room for 1 replica"), kube.status
+        assert kube.status["suggestedPool"] == suggested, kube.status
+        assert kube.status["desiredReplicas"] == 1  # capped at what the pool holds, never a loop of writes
