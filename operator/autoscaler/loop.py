@@ -67,7 +67,8 @@ class ModelAutoscaler:
         self._hpas: tuple[float, list[dict[str, Any]]] = (-1e18, [])
         self._status: dict[str, Any] = {}
         self._status_at = -1e18
-        self._tried: frozenset[str] = frozenset()
+        self._tried: frozenset[str] = frozenset()  # pools the model was moved away from: never suggested again
+        self._pool: str | None = None
         self._expected: int | None = None  # the count deepserve last wrote or accepted
         self._manual_since: datetime | None = None
 
@@ -99,6 +100,9 @@ class ModelAutoscaler:
         except SpecError:
             return None
         placement = (model.get("status") or {}).get("placement") or {}
+        if self._pool and placement.get("pool") and placement["pool"] != self._pool:
+            self._tried |= {self._pool}
+        self._pool = placement.get("pool") or self._pool
         policy = policy_from_spec(spec.scaling, spec.placement.concurrency, placement.get("decodeTokensPerSecond"),
                                   **self.options.policy_overrides)
         raw = (model.get("spec") or {}).get("scaling", {}).get("replicas")

@@ -32,6 +32,8 @@ class Settings:
     # Dev only: label engine pods deepserve.io/runner=<value> so a local runner plays them
     # (see deepserve.operator.dev.runner); empty in production.
     engine_runner: str = ""
+    # Controller: carry out the autoscaler's status.scaling.suggestedPool (--allow-pool-move)
+    allow_pool_move: bool = False
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
     parent = tuple(args.gateway.split("/", 1)) if args.gateway else None
     settings = Settings(engine_image=args.engine_image, usage_endpoint=args.usage_endpoint,
                         gateway_api=gateway_api, gateway_parent=parent,
-                        engine_runner=args.engine_runner)  # type: ignore[arg-type]
+                        engine_runner=args.engine_runner, allow_pool_move=args.allow_pool_move)  # type: ignore[arg-type]
     autoscaler = AutoscalerOptions(tick_s=args.autoscale_tick, manual_hold_s=args.manual_hold,
                                    allow_pool_move=args.allow_pool_move) if args.autoscale_tick > 0 else None
     options = OperatorOptions(kubeconfig=args.kubeconfig, settings=settings, resync_seconds=args.resync_seconds,

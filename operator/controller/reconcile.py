@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -97,9 +98,24 @@ def placement_digest(spec: dict[str, Any]) -> str:
     return digest({k: spec.get(k) for k in ("source", "engine", "resources", "placement")})
 
 
+def move_target(model: dict[str, Any], settings: Settings) -> str | None:
+    """The pool the autoscaler found room on when the planned one is full, if moving is allowed."""
+    if not settings.allow_pool_move:
+        return None
+    st = model.get("status") or {}
+    suggested = (st.get("scaling") or {}).get("suggestedPool")
+    current = (st.get("placement") or {}).get("pool")
+    return suggested if suggested and current and suggested != current else None
+
+
 def decide(model: dict[str, Any], pools: list[Any], settings: Settings,
-           pool_tolerations: dict[str, tuple[dict[str, str], ...]] | None = None) -> Decision:
-    """Parse the spec, plan placement and build every child object."""
+           pool_tolerations: dict[str, tuple[dict[str, str], ...]] | None = None,
+           move_to: str | None = None) -> Decision:
+    """Parse the spec, plan placement and build every child object.
+
+    ``move_to``: re-place on this pool (the autoscaler's ``suggestedPool``) if the planner
+    agrees it serves the model; otherwise the placement stays.
+    """
     md, raw = model["metadata"], model.get("spec") or {}
     try:
         spec = InferenceModelSpec.from_dict(raw)
@@ -107,6 +123,12 @@ def decide(model: dict[str, Any], pools: list[Any], settings: Settings,
         return Decision(None, str(e), None, {}, 0, ())
     previous = ((model.get("status") or {}).get("placement")) or None
     outcome = plan(spec, pools, previous, needs_placement(model), pool_tolerations)
+    if move_to and previous and not outcome.changed:
+        only = dataclasses.replace(spec, placement=dataclasses.replace(spec.placement, allowed_pools=(move_to,)))
+        moved = plan(only, pools, None, True, pool_tolerations)
+        if moved.chosen is not None:
+            outcome = dataclasses.replace(moved, reason=f"Moved from pool {previous.get('pool')}: it has no room "
+                                                        f"for the replicas load needs; {moved.reason}")
     total = spec.scaling.desired()
     replicas = split_replicas(total, {v.name: v.weight for v in spec.versions})
     if outcome.chosen is None:
@@ -194,11 +216,14 @@ def _decide_cached(model: dict[str, Any], observed: Observed, settings: Settings
     """decide(), memoised per model on (generation, kept placement): watch events of owned
     objects rerun the reconcile often, and rebuilding every manifest each time costs CPU."""
     md = model["metadata"]
-    key = digest([md.get("generation"), (model.get("status") or {}).get("placement")])
+    move_to = move_target({**model, "status": {**(model.get("status") or {}),
+                                               "scaling": (observed.model.get("status") or {}).get("scaling")}},
+                          settings)
+    key = digest([md.get("generation"), (model.get("status") or {}).get("placement"), move_to])
     hit = cache.get(md["uid"]) if cache is not None else None
     if hit is not None and hit[0] == key:
         return hit[1]
-    decision = decide(model, observed.pools, settings, observed.pool_tolerations)
+    decision = decide(model, observed.pools, settings, observed.pool_tolerations, move_to)
     if cache is not None and decision.plan is not None and decision.plan.chosen is not None:
         cache[md["uid"]] = (key, decision)
     return decision

@@ -143,3 +143,26 @@ def test_a_full_pool_names_the_planners_next_pool_that_fits() -> None:
         assert kube.status["capacity"].startswith("NoCapacity: pool l4 has room for 1 replica"), kube.status
         assert kube.status["suggestedPool"] == suggested, kube.status
         assert kube.status["desiredReplicas"] == 1  # capped at what the pool holds, never a loop of writes
+
+
+def test_a_pool_the_model_moved_away_from_is_never_suggested_again() -> None:
+    from deepserve.operator.controller.planning import ranked_candidates
+    from deepserve.operator.placement import PoolOffer
+
+    l4_free = PoolOffer("l4", "nvidia-l4", 1, 12, 12, 0.71, "USD", 12, {"pool": "l4"}, node_free_gpus=(1,) * 12)
+    h100_full = PoolOffer("h100", "nvidia-h100-sxm5-80gb", 8, 1, 0, 4.0, "USD", 1, {"pool": "h100"},
+                          node_free_gpus=(0,))
+    kube, _, clock = setup()
+    kube.model["status"] = {"placement": {"pool": "l4", "gpusPerReplica": 1}}
+    pools = [l4_free, h100_full]
+    auto = ModelAutoscaler(kube, "ns", "chat", AutoscalerOptions(allow_pool_move=True),  # type: ignore[arg-type]
+                           sampler=MetricsSampler(lambda urls: {u: metrics(clock[0] * 20e6) for u in urls}),
+                           clock=lambda: clock[0], pools=lambda: pools, ranked=ranked_candidates)
+    auto.tick()
+    kube.model["status"]["placement"]["pool"] = "h100"  # the operator moved it (l4 was full then)
+    for _ in range(5):
+        clock[0] += 1
+        auto.tick()
+    assert kube.status["capacity"].startswith("NoCapacity: pool h100"), kube.status
+    assert kube.status["desiredReplicas"] == 1, kube.status
+    assert kube.status["suggestedPool"] is None and "no alternative pool fits" in kube.status["capacity"]

@@ -115,6 +115,29 @@ def test_scaling_keeps_the_placement_without_replanning() -> None:
     assert kept["placement"]["pool"] == "h100-sxm"  # cheaper pool is back, but scaling alone never moves
 
 
+def test_the_autoscalers_suggested_pool_is_taken_only_when_moving_is_allowed() -> None:
+    for allowed in (False, True):
+        api, applied = FakeApi(), {}
+        model = model_obj(make_model("llama"))
+        _, status = run(api, model, applied)
+        assert status["placement"]["pool"] == "l4"
+        # the autoscaler found l4 full and h100-sxm fitting (its status.scaling, in the watched body)
+        full = dict(status, scaling={"suggestedPool": "h100-sxm", "capacity": "NoCapacity: pool l4 ..."})
+        seen = api.observed(model_obj(make_model("llama"), status=full), POOLS)
+        result, after = reconcile(seen, api, Settings(allow_pool_move=allowed), applied, NOW, status)
+        dep = api.objects[("Deployment", "llama-main")]
+        if not allowed:
+            assert after["placement"]["pool"] == "l4" and not result.applied
+            continue
+        assert after["placement"]["pool"] == "h100-sxm" and "Moved from pool l4" in after["placement"]["reason"]
+        assert dep["spec"]["template"]["spec"]["nodeSelector"] == {"karpenter.sh/nodepool": "h100-sxm"}
+        assert ("Normal", "Placed") in [(t, r) for t, r, _ in result.events] and result.placed == ("h100-sxm", 1)
+        # once moved, the same suggestion is no move at all
+        again = api.observed(model_obj(make_model("llama"), status=dict(after, scaling=full["scaling"])), POOLS)
+        result, kept = reconcile(again, api, Settings(allow_pool_move=True), applied, NOW, after)
+        assert kept["placement"]["pool"] == "h100-sxm" and not result.applied
+
+
 def test_no_pool_fits_is_a_condition_not_a_crash() -> None:
     api, applied = FakeApi(), {}
     b = make_model("big").source("hf://org/huge").set("source.shape", {
