@@ -125,8 +125,16 @@ def test_scale_write_by_someone_else_is_noticed_without_managed_fields() -> None
     assert kube.status["owner"] == "external" and "manual edit" in kube.status["ownerReason"]
 
 
-def test_a_full_pool_names_the_planners_next_pool_that_fits() -> None:
+def busy_scaler(kube: FakeKube, clock: list[float], pools: list[Any], allow_move: bool) -> ModelAutoscaler:
+    """An autoscaler seeing 20 requests in flight, with the planner's ranking on ``pools``."""
     from deepserve.operator.controller.planning import ranked_candidates
+
+    return ModelAutoscaler(kube, "ns", "chat", AutoscalerOptions(allow_pool_move=allow_move),  # type: ignore[arg-type]
+                           sampler=MetricsSampler(lambda urls: {u: metrics(clock[0] * 20e6) for u in urls}),
+                           clock=lambda: clock[0], pools=lambda: pools, ranked=ranked_candidates)
+
+
+def test_a_full_pool_names_the_planners_next_pool_that_fits() -> None:
     from deepserve.operator.placement import PoolOffer
 
     pools = [PoolOffer("l4", "nvidia-l4", 1, 3, 0, 0.71, "USD", 3, {"pool": "l4"}, node_free_gpus=(0, 0, 0)),
@@ -134,9 +142,7 @@ def test_a_full_pool_names_the_planners_next_pool_that_fits() -> None:
     for allow, suggested in ((True, "h100"), (False, None)):
         kube, _, clock = setup()
         kube.model["status"] = {"placement": {"pool": "l4", "gpusPerReplica": 1}}
-        auto = ModelAutoscaler(kube, "ns", "chat", AutoscalerOptions(allow_pool_move=allow),  # type: ignore[arg-type]
-                               sampler=MetricsSampler(lambda urls: {u: metrics(clock[0] * 20e6) for u in urls}),
-                               clock=lambda: clock[0], pools=lambda: pools, ranked=ranked_candidates)
+        auto = busy_scaler(kube, clock, pools, allow)
         for _ in range(5):
             auto.tick()
             clock[0] += 1
@@ -146,7 +152,6 @@ def test_a_full_pool_names_the_planners_next_pool_that_fits() -> None:
 
 
 def test_a_pool_the_model_moved_away_from_is_never_suggested_again() -> None:
-    from deepserve.operator.controller.planning import ranked_candidates
     from deepserve.operator.placement import PoolOffer
 
     l4_free = PoolOffer("l4", "nvidia-l4", 1, 12, 12, 0.71, "USD", 12, {"pool": "l4"}, node_free_gpus=(1,) * 12)
@@ -155,9 +160,7 @@ def test_a_pool_the_model_moved_away_from_is_never_suggested_again() -> None:
     kube, _, clock = setup()
     kube.model["status"] = {"placement": {"pool": "l4", "gpusPerReplica": 1}}
     pools = [l4_free, h100_full]
-    auto = ModelAutoscaler(kube, "ns", "chat", AutoscalerOptions(allow_pool_move=True),  # type: ignore[arg-type]
-                           sampler=MetricsSampler(lambda urls: {u: metrics(clock[0] * 20e6) for u in urls}),
-                           clock=lambda: clock[0], pools=lambda: pools, ranked=ranked_candidates)
+    auto = busy_scaler(kube, clock, pools, True)
     auto.tick()
     kube.model["status"]["placement"]["pool"] = "h100"  # the operator moved it (l4 was full then)
     for _ in range(5):
