@@ -158,3 +158,72 @@ def list_hpas(kube: Kube, namespace: str) -> list[dict[str, Any]]:
 def patch_scaling_status(kube: Kube, namespace: str, model: str, scaling: dict[str, Any]) -> None:
     """Merge ``status.scaling`` of the model."""
     kube.patch_status(API_VERSION, "InferenceModel", model, namespace, {"scaling": scaling})
+
+
+HELD_METRIC = "deepserve_activator_held_requests"
+
+
+class ActivatorHeld:
+    """Requests the activator of each namespace holds per model, read from its ``/metrics``.
+
+    ``urls`` maps namespace to the activator's metrics URL. One scrape per URL serves every
+    model of the namespace for ``ttl_s``; an activator that does not answer counts as holding
+    nothing (it still asks for scale-from-zero itself), and says why in the log once a minute.
+    """
+
+    def __init__(self, urls: Mapping[str, str], *, ttl_s: float = 1.0, timeout_s: float = 1.0,
+                 clock: Callable[[], float] | None = None) -> None:
+        import threading
+        import time
+
+        self.urls = dict(urls)
+        self.ttl_s, self.timeout_s = ttl_s, timeout_s
+        self._clock = clock or time.monotonic
+        self._cache: dict[str, tuple[float, dict[str, int]]] = {}
+        self._warned: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def _fetch(self, url: str) -> dict[str, int]:
+        import http.client
+        from urllib.parse import urlsplit
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        parts = urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname or "localhost", parts.port, timeout=self.timeout_s)
+        try:
+            conn.request("GET", parts.path or "/metrics")
+            response = conn.getresponse()
+            body = response.read().decode("utf-8", errors="replace")
+            if response.status != 200:
+                raise ScrapeError(f"{url}: HTTP {response.status}")
+        finally:
+            conn.close()
+        held: dict[str, int] = {}
+        for family in text_string_to_metric_families(body):
+            if family.name != HELD_METRIC:
+                continue
+            for sample in family.samples:
+                model = sample.labels.get("model", "")
+                held[model] = held.get(model, 0) + int(sample.value)
+        return held
+
+    def __call__(self, namespace: str, model: str) -> int:
+        url = self.urls.get(namespace)
+        if not url:
+            return 0
+        now = self._clock()
+        with self._lock:
+            hit = self._cache.get(url)
+            if hit is not None and now - hit[0] < self.ttl_s:
+                return hit[1].get(model, 0)
+            try:
+                held = self._fetch(url)
+            except (OSError, ValueError) as e:
+                if now - self._warned.get(url, -1e18) >= 60:
+                    self._warned[url] = now
+                    log.warning("activator metrics %s: %s (counting no held requests)", url, e)
+                held = {}
+            self._cache[url] = (now, held)
+            return held.get(model, 0)
+

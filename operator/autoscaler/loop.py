@@ -36,6 +36,7 @@ class AutoscalerOptions:
     allow_pool_move: bool = False
     hpa_every_s: float = 15.0
     policy_overrides: dict[str, float] = field(default_factory=dict)  # ScalingPolicy window fields
+    activators: dict[str, str] = field(default_factory=dict)  # namespace -> activator /metrics URL
 
 
 @dataclass(frozen=True)

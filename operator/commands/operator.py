@@ -42,7 +42,11 @@ def register(sub: Any) -> None:
     run.add_argument("--manual-hold", type=_seconds, default=600.0, metavar="SECONDS",
                      help="after a manual edit of replicas (kubectl scale), leave the count alone this long")
     run.add_argument("--allow-pool-move", action="store_true",
-                     help="when the planned pool is full, name a pool that fits in status.scaling.suggestedPool")
+                     help="when the planned pool is full, move the model to the planner's next pool that fits "
+                          "(named in status.scaling.suggestedPool)")
+    run.add_argument("--activator", action="append", default=[], metavar="NAMESPACE=URL",
+                     help="the activator serving NAMESPACE and its /metrics URL (repeatable): requests it "
+                          "holds count as demand, and a model never scales to zero while any are held")
     run.add_argument("--liveness", default="", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.set_defaults(func=_run)
 
@@ -125,7 +129,19 @@ def _limit_malloc_arenas() -> None:
             ctypes.CDLL(name).mallopt(-8, 2)  # M_ARENA_MAX = -8
 
 
+def _activators(items: list[str]) -> dict[str, str]:
+    """``--activator NAMESPACE=URL`` flags as a mapping; exits naming a malformed one."""
+    out = {}
+    for item in items:
+        namespace, sep, url = item.partition("=")
+        if not sep or not namespace or not url.startswith(("http://", "https://")):
+            raise SystemExit(f"--activator {item!r}: expected NAMESPACE=http://host:port/metrics")
+        out[namespace] = url
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
+    activators = _activators(args.activator)
     import kopf
 
     _limit_malloc_arenas()
@@ -140,7 +156,8 @@ def _run(args: argparse.Namespace) -> int:
                         gateway_api=gateway_api, gateway_parent=parent,
                         engine_runner=args.engine_runner, allow_pool_move=args.allow_pool_move)  # type: ignore[arg-type]
     autoscaler = AutoscalerOptions(tick_s=args.autoscale_tick, manual_hold_s=args.manual_hold,
-                                   allow_pool_move=args.allow_pool_move) if args.autoscale_tick > 0 else None
+                                   allow_pool_move=args.allow_pool_move,
+                                   activators=activators) if args.autoscale_tick > 0 else None
     options = OperatorOptions(kubeconfig=args.kubeconfig, settings=settings, resync_seconds=args.resync_seconds,
                               autoscaler=autoscaler)
     registry = kopf.OperatorRegistry()

@@ -44,11 +44,13 @@ class ModelScaling:
 
     def __init__(self, kube: Kube, namespace: str, name: str, options: AutoscalerOptions,
                  pools: Callable[[], list[Any]] | None = None, clock: Callable[[], float] = time.monotonic,
-                 ranked: Callable[[InferenceModelSpec, list[Any]], list[Any]] | None = None) -> None:
+                 ranked: Callable[[InferenceModelSpec, list[Any]], list[Any]] | None = None,
+                 held: Callable[[str, str], int] | None = None) -> None:
         self.kube, self.namespace, self.name = kube, namespace, name
         self.options = options
         self._pools = pools
         self._ranked = ranked
+        self._held = held
         self._clock = clock
         self.scaler: ModelAutoscaler | None = None  # built when the model needs one, dropped when not
         self._hpa: tuple[float, bool] = (-1e18, False)
@@ -67,7 +69,8 @@ class ModelScaling:
         if scaling_enabled(model.get("spec") or {}) or self._hpa_applies():
             if self.scaler is None:
                 self.scaler = ModelAutoscaler(self.kube, self.namespace, self.name, self.options,
-                                              pools=self._pools, clock=self._clock, ranked=self._ranked)
+                                              pools=self._pools, clock=self._clock, ranked=self._ranked,
+                                              held=self._held)
             return self.scaler.tick()
         self.scaler = None  # fresh windows and status cache if scaling is enabled again
         if (model.get("status") or {}).get("scaling"):

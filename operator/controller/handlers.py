@@ -22,6 +22,7 @@ from typing import Any
 import kopf
 from deepserve.operator import placement as planner
 from deepserve.operator.api.crds import GROUP, VERSION
+from deepserve.operator.autoscaler.io import ActivatorHeld
 from deepserve.operator.autoscaler.loop import AutoscalerOptions
 from deepserve.operator.builders import Settings
 from deepserve.operator.builders.context import LABEL_MODEL, MANAGED_BY
@@ -101,6 +102,7 @@ class ControllerState:
     projections: dict[tuple[str, str, str], Any] = field(default_factory=dict)  # last status-relevant view
     planning: threading.Lock = field(default_factory=threading.Lock)  # one new placement at a time
     reservations: dict[str, Reservation] = field(default_factory=dict)  # model uid -> GPUs promised
+    held: Callable[[str, str], int] | None = None  # requests the activators hold, per (namespace, model)
 
     def reserved(self, gpu_pods: list[dict[str, Any]], exclude_uid: str | None = None) -> dict[str, int]:
         """GPUs per pool promised to new placements of other models and not yet held by their pods.
@@ -276,7 +278,8 @@ async def _autoscale(options: AutoscalerOptions, name: str, namespace: str, memo
     state: ControllerState = memo.deepserve
     key, models = (namespace, name), kwargs["ds_models"]
     scaling = ModelScaling(state.kube, namespace, name, options,
-                           pools=lambda: state.pools.get(lambda: discovered_pools(kwargs)), ranked=ranked_candidates)
+                           pools=lambda: state.pools.get(lambda: discovered_pools(kwargs)), ranked=ranked_candidates,
+                           held=state.held)
     while key in models and not stopped:  # kopf may not stop daemons of objects deleted without a finalizer
         try:
             await asyncio.to_thread(scaling.step, next(iter(models[key])))
@@ -320,8 +323,10 @@ def register(registry: kopf.OperatorRegistry, options: OperatorOptions, gateway_
         settings.watching.server_timeout = 600
         settings.networking.request_timeout = 60
         kube = Kube.from_kubeconfig(options.kubeconfig)
+        activators = options.autoscaler.activators if options.autoscaler is not None else {}
         memo.deepserve = ControllerState(kube=kube, settings=options.settings,
-                                         pools=TtlCache(options.pool_cache_seconds))
+                                         pools=TtlCache(options.pool_cache_seconds),
+                                         held=ActivatorHeld(activators) if activators else None)
 
     @kopf.on.login(registry=registry)
     def login(settings: kopf.OperatorSettings, **kwargs: Any) -> Any:

@@ -196,3 +196,37 @@ def test_stream_passes_through_and_refused_upstream_is_rehold_not_failed() -> No
         assert status == 200 and json.loads(text)["served_by"] == "live"
         assert chunks == 3
     run(body)
+
+
+def test_the_operator_reads_how_many_requests_the_activator_holds() -> None:
+    from deepserve.operator.autoscaler.io import ActivatorHeld
+
+    async def body() -> None:
+        routes = Routes(seed=1)
+        routes.set_model("chat", {"main": 70, "canary": 30})
+        routes.set_model("other", {"main": 100})
+        act = Activator(routes, None, ActivatorConfig(hold_timeout_s=1.5))
+        port = await act.start()
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
+        held = ActivatorHeld({"team-a": metrics_url}, ttl_s=0.0)
+        dead = ActivatorHeld({"team-a": f"http://127.0.0.1:{_closed_port()}/metrics"})
+        try:
+            async with aiohttp.ClientSession() as s:
+                url = f"http://127.0.0.1:{port}/v2/models/chat/infer"
+                waiting = [asyncio.create_task(post(s, url)) for _ in range(3)]
+                await settle(lambda: sum(v for (m, _), v in act._held.items() if m == "chat") == 3)
+                seen = await asyncio.to_thread(lambda: (held("team-a", "chat"), held("team-a", "other"),
+                                                        held("team-b", "chat"), dead("team-a", "chat")))
+                assert seen == (3, 0, 0, 0)  # both versions summed; other namespace / dead activator: none
+                # no replica appears: the held requests time out (503) and the count read drops to 0
+                assert [st for st, _, _ in await asyncio.gather(*waiting)] == [503] * 3
+                assert await asyncio.to_thread(held, "team-a", "chat") == 0
+        finally:
+            await act.stop()
+    run(body)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -114,3 +114,31 @@ def test_operator_run_flags() -> None:
     assert (args.autoscale_tick, args.manual_hold, args.allow_pool_move) == (0.5, 30.0, True)
     with pytest.raises(SystemExit):
         _run_args("--manual-hold", "-1")
+
+
+def test_requests_held_by_the_activator_keep_a_model_from_scaling_to_zero() -> None:
+    at_one = {"minReplicas": 0, "maxReplicas": 2, "replicas": 1, "scaleToZero": {"enabled": True, "idleSeconds": 30}}
+    clock = [1000.0]
+    for held, want in ((0, 0), (4, 2)):  # 4 held at 1 in flight per replica: as many as maxReplicas allows
+        kube = FakeKube(model(dict(at_one)))
+
+        def write_scale(method: str, path: str, kube: FakeKube = kube, **kw: Any) -> dict[str, Any]:
+            kube.obj["spec"]["scaling"]["replicas"] = kw["body"]["spec"]["replicas"]
+            return dict(kw["body"])
+
+        kube.request = write_scale  # type: ignore[method-assign]
+        scaling = ModelScaling(kube, "ns", "chat", AutoscalerOptions(), clock=lambda: clock[0],  # type: ignore[arg-type]
+                               held=lambda ns, name, n=held: n if (ns, name) == ("ns", "chat") else 0)
+        for _ in range(40):  # 40 s with no pods and no requests answered: idle
+            result = scaling.step(kube.obj)
+            clock[0] += 1
+        assert result is not None and result.status["desiredReplicas"] == want, (held, result.status)
+
+
+def test_activator_flags_are_checked() -> None:
+    args = _run_args("--activator", "team-a=http://activator.team-a:8080/metrics")
+    assert args.activator == ["team-a=http://activator.team-a:8080/metrics"]
+    for bad in ("team-a", "=http://x/metrics", "team-a=activator:8080"):
+        args = _run_args("--activator", bad)
+        with pytest.raises(SystemExit, match="expected NAMESPACE=http"):
+            operator_cmd._run(args)
