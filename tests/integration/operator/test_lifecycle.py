@@ -156,7 +156,16 @@ def test_no_pool_fits_is_reported_not_retried_in_a_loop(kube: Kube, namespace: s
     cond = wait_for(scheduled_false, "Scheduled=False")
     assert cond["reason"] and cond["message"]
     assert kube.list("apps/v1", "Deployment", namespace) == []
-    rv = kube.get(IM, "InferenceModel", "huge", namespace)["metadata"]["resourceVersion"]
-    __import__("time").sleep(3)
+    time = __import__("time")
+
+    def settled() -> str | None:
+        # the status patch and kopf's own annotation patch after the handler are two writes;
+        # a retry loop would never leave a quiet second
+        rv = kube.get(IM, "InferenceModel", "huge", namespace)["metadata"]["resourceVersion"]
+        time.sleep(1)
+        return rv if kube.get(IM, "InferenceModel", "huge", namespace)["metadata"]["resourceVersion"] == rv else None
+
+    rv = wait_for(settled, "the model's writes to settle", 20)
+    time.sleep(3)
     assert kube.get(IM, "InferenceModel", "huge", namespace)["metadata"]["resourceVersion"] == rv
     assert op.proc.poll() is None
