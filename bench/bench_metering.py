@@ -36,6 +36,7 @@ from deepserve.operator.metering import (
     parse_metrics_text,
     scrape_many,
 )
+from deepserve.operator.metering.scrape import MetricsSample, parse_metrics_text_uncached
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -122,8 +123,8 @@ def bench_scrape(pods: int) -> None:
         assert all(s.counter_totals()["requests_success"] > 0 for s in samples)
         print(f"   in-process parse of {pods:,} texts ({len(texts[0]):,} bytes each), {cycle} cycle: "
               f"{dt:.3f} s wall, {cpu:.3f} s CPU")
-    baseline = parse_with_prometheus_client_only(texts[:200])
-    assert baseline == [(s.counters, s.gauges) for s in samples[:200]], "memoised parse differs from the parser"
+    baseline = [parse_metrics_text_uncached(text) for text in texts[:200]]
+    assert baseline == samples[:200], "memoised parse differs from the parser"
 
     # The endpoints are served by another process (as pods would be), so the scraper's
     # figure is not shared with the server's CPU time inside one interpreter.
@@ -150,20 +151,20 @@ def bench_scrape(pods: int) -> None:
         server.wait(timeout=10)
 
 
-def baseline_scrape(urls: list[str]) -> list[tuple[dict, dict] | None]:
+def baseline_scrape(urls: list[str]) -> list[MetricsSample | None]:
     """The straightforward way, for the ratio: a thread per request, every line through the parser."""
     import http.client
     from concurrent.futures import ThreadPoolExecutor
     from urllib.parse import urlsplit
 
-    def one(url: str) -> tuple[dict, dict] | None:
+    def one(url: str) -> MetricsSample | None:
         parts = urlsplit(url)
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
         try:
             conn.request("GET", parts.path)
             response = conn.getresponse()
             body = response.read().decode()
-            return parse_with_prometheus_client_only([body])[0] if response.status == 200 else None
+            return parse_metrics_text_uncached(body) if response.status == 200 else None
         except OSError:
             return None
         finally:
@@ -171,26 +172,6 @@ def baseline_scrape(urls: list[str]) -> list[tuple[dict, dict] | None]:
 
     with ThreadPoolExecutor(max_workers=64) as pool:
         return list(pool.map(one, urls))
-
-
-def parse_with_prometheus_client_only(texts: list[str]) -> list[tuple[dict, dict]]:
-    """Reference reading of the texts: every line through prometheus_client's parser."""
-    from deepserve.operator.metering.scrape import COUNTERS, GAUGES
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = []
-    for text in texts:
-        counters, gauges = {}, {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                name = sample.name.removesuffix("_total")
-                key = (name, tuple(sorted(sample.labels.items())))
-                if name in COUNTERS and family.type in ("counter", "untyped", "unknown"):
-                    counters[key] = float(sample.value)
-                elif name in GAUGES:
-                    gauges[key] = float(sample.value)
-        out.append((counters, gauges))
-    return out
 
 
 def serve_pods(pods: int) -> None:

@@ -7,16 +7,21 @@ imports the kubernetes client); metrics are scraped with the metering package's
 
 from __future__ import annotations
 
+import http.client
 import logging
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from deepserve.operator.api.crds import API_VERSION
 from deepserve.operator.autoscaler.signals import PodLoad, pod_load
 from deepserve.operator.builders.context import LABEL_MODEL, LABEL_VERSION, METRICS_PORT
 from deepserve.operator.kube import Kube, KubeError, resource_path
 from deepserve.operator.metering.scrape import MetricsSample, ScrapeError, scrape_many
+from prometheus_client.parser import text_string_to_metric_families
 
 log = logging.getLogger(__name__)
 AUTOSCALER_MANAGER = "deepserve-autoscaler"
@@ -173,9 +178,6 @@ class ActivatorHeld:
 
     def __init__(self, urls: Mapping[str, str], *, ttl_s: float = 1.0, timeout_s: float = 1.0,
                  clock: Callable[[], float] | None = None) -> None:
-        import threading
-        import time
-
         self.urls = dict(urls)
         self.ttl_s, self.timeout_s = ttl_s, timeout_s
         self._clock = clock or time.monotonic
@@ -184,11 +186,6 @@ class ActivatorHeld:
         self._lock = threading.Lock()
 
     def _fetch(self, url: str) -> dict[str, int]:
-        import http.client
-        from urllib.parse import urlsplit
-
-        from prometheus_client.parser import text_string_to_metric_families
-
         parts = urlsplit(url)
         conn = http.client.HTTPConnection(parts.hostname or "localhost", parts.port, timeout=self.timeout_s)
         try:

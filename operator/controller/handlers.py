@@ -110,6 +110,8 @@ class ControllerState:
         A model's pods (bound or pending) already count against the pool in discover_pools, so
         only the remainder is reserved; a reservation ends when its pods exist or it expires.
         """
+        if not self.reservations:  # the steady state: no new placement in the last moments
+            return {}
         now = time.monotonic()
         seen: dict[tuple[str, str], int] = {}
         for pod in gpu_pods:

@@ -16,6 +16,7 @@ import http.client
 import logging
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -112,17 +113,36 @@ def _series_and_value(line: str) -> tuple[str, str]:
     return series, value[0] if value else ""
 
 
+def _meaning(family: Any, sample: Any) -> tuple[str, SeriesKey] | None:
+    """``("c" | "g", key)`` for a parsed sample of a counter or gauge we use, else None."""
+    name = sample.name.removesuffix("_total")
+    key = (name, tuple(sorted(sample.labels.items())))
+    if name in COUNTERS and family.type in ("counter", "untyped", "unknown"):
+        return "c", key
+    return ("g", key) if name in GAUGES else None
+
+
 def _parse_line(type_text: str, line: str) -> tuple[str, tuple[str, SeriesKey] | None, float]:
     """Parse one sample line with prometheus_client's parser (``type_text``: its family's TYPE line)."""
     for family in text_string_to_metric_families(type_text + line + "\n"):
         for sample in family.samples:
-            name = sample.name.removesuffix("_total")
-            key = (name, tuple(sorted(sample.labels.items())))
-            if name in COUNTERS and family.type in ("counter", "untyped", "unknown"):
-                return line, ("c", key), float(sample.value)
-            if name in GAUGES:
-                return line, ("g", key), float(sample.value)
+            return line, _meaning(family, sample), float(sample.value)
     return line, None, 0.0
+
+
+def parse_metrics_text_uncached(text: str) -> MetricsSample:
+    """The reference reading: the whole text through prometheus_client's parser, no memo."""
+    counters: dict[SeriesKey, float] = {}
+    gauges: dict[SeriesKey, float] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                meaning = _meaning(family, sample)
+                if meaning is not None:
+                    (counters if meaning[0] == "c" else gauges)[meaning[1]] = float(sample.value)
+    except ValueError as err:
+        raise ScrapeError(f"unparseable metrics text: {err}") from err
+    return MetricsSample(counters, gauges)
 
 
 def parse_metrics_text(text: str) -> MetricsSample:
