@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+T = TypeVar("T")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 HOUR_US = 3_600_000_000
@@ -58,7 +61,7 @@ def parse_bound(text: str, field: str) -> datetime:
     return value.astimezone(UTC)
 
 
-def chunks(seq: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+def chunks(seq: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     """Split ``seq`` into slices of at most ``size`` (SQLite limits bound parameters)."""
     for i in range(0, len(seq), size):
         yield seq[i:i + size]

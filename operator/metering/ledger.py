@@ -30,9 +30,17 @@ from deepserve.operator.metering.base import (
     parse_bound,
     to_us,
 )
+from deepserve.operator.metering.event_store import (
+    StoredEvent,
+    chunk_rows,
+    decode_chunk,
+    merge_chunks,
+    window_rows,
+)
 from deepserve.operator.metering.ledger_resources import GpuRow, ResourceAccounting
 from deepserve.operator.metering.pricing import PriceSheet
 from deepserve.operator.metering.schema import migrate
+from deepserve.operator.metering.wire import Row, decode_batch, id_bytes, stored_real
 
 log = logging.getLogger(__name__)
 _ONE_US = timedelta(microseconds=1)
@@ -67,11 +75,6 @@ class UsageRow:
     compute_ms: float
 
 
-_EVENT_INSERT = (
-    "INSERT INTO events (event_id, namespace, model, version, account, tenant, request_id, "
-    "prompt_tokens, generated_tokens, compute_ms, precision, status, started_us, ended_us, "
-    "queue_ms, ttft_ms, ingested_us) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
 _USAGE_UPSERT = (
     "INSERT INTO usage_hourly VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT DO UPDATE SET requests=requests+excluded.requests, ok=ok+excluded.ok, "
@@ -80,46 +83,58 @@ _USAGE_UPSERT = (
     "generated_tokens=generated_tokens+excluded.generated_tokens, "
     "compute_ms=compute_ms+excluded.compute_ms"
 )
-
-
-_EVENT_INSERT_OR_IGNORE = _EVENT_INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
+_CHUNK_INSERT = ("INSERT INTO event_chunks (hour_us, first_end_us, last_end_us, count, "
+                 "ingested_us, events) VALUES (?,?,?,?,?,?)")
+_CHUNKS_IN_WINDOW = (
+    "SELECT first_end_us, last_end_us, events FROM event_chunks WHERE hour_us >= ? AND "
+    "hour_us < ? AND last_end_us >= ? AND first_end_us < ? ORDER BY hour_us, first_end_us")
 _STATUS_SLOT = {"ok": 1, "cancelled": 2, "error": 3}
 
 
-def _dedupe(events: Sequence[UsageEvent], existing: set[str]
-            ) -> tuple[list[UsageEvent], list[str]]:
-    """Split into events not in ``existing`` (first occurrence) and duplicate ids."""
-    fresh: list[UsageEvent] = []
+def _dedupe(rows: list[Row], keys: list[bytes], existing: set[bytes]
+            ) -> tuple[list[Row], list[bytes], list[str]]:
+    """Split into rows whose key is not in ``existing`` (first occurrence) and duplicate ids."""
+    fresh: list[Row] = []
+    fresh_keys: list[bytes] = []
     duplicates: list[str] = []
-    for e in events:
-        if e.event_id in existing:
-            duplicates.append(e.event_id)
+    for row, key in zip(rows, keys, strict=True):
+        if key in existing:
+            duplicates.append(row[0])
         else:
-            existing.add(e.event_id)
-            fresh.append(e)
-    return fresh, duplicates
+            existing.add(key)
+            fresh.append(row)
+            fresh_keys.append(key)
+    return fresh, fresh_keys, duplicates
 
 
-def _event_rows(events: Sequence[UsageEvent], ingested_us: int) -> list[tuple[Any, ...]]:
-    return [(e.event_id, e.namespace, e.model, e.version, e.account, e.tenant, e.request_id,
-             e.prompt_tokens, e.generated_tokens, e.compute_ms, e.precision, e.status,
-             to_us(e.started_at), to_us(e.ended_at), e.queue_ms, e.ttft_ms, ingested_us)
-            for e in events]
+def _event_row(e: UsageEvent, index: int) -> Row:
+    try:
+        cms = stored_real(e.compute_ms)
+        qms = None if e.queue_ms is None else stored_real(e.queue_ms)
+        tms = None if e.ttft_ms is None else stored_real(e.ttft_ms)
+    except OverflowError:
+        field = next(f for f in ("compute_ms", "queue_ms", "ttft_ms")
+                     if isinstance(getattr(e, f), int) and abs(getattr(e, f)) >= 2**63)
+        raise LedgerError(field, "implausibly large", index=index, event_id=e.event_id) from None
+    return (e.event_id, e.namespace, e.model, e.version, e.account, e.tenant, e.request_id,
+            e.prompt_tokens, e.generated_tokens, cms, e.precision, e.status,
+            to_us(e.started_at), to_us(e.ended_at), qms, tms)
 
 
-def _hourly_rows(events: Sequence[UsageEvent]) -> list[tuple[Any, ...]]:
+def _hourly_rows(rows: Sequence[Row]) -> list[tuple[Any, ...]]:
     hourly: dict[tuple[int, str, str, str, str], list[Any]] = {}
-    for e in events:
-        end_us = to_us(e.ended_at)
-        key = (end_us - end_us % HOUR_US, e.account, e.namespace, e.model, e.version)
+    slot = _STATUS_SLOT
+    for r in rows:  # indexes of Row: 1-4 ns/model/version/account, 7-9 tokens and compute
+        end_us = r[13]
+        key = (end_us - end_us % HOUR_US, r[4], r[1], r[2], r[3])
         agg = hourly.get(key)
         if agg is None:
             agg = hourly[key] = [0, 0, 0, 0, 0, 0, 0.0]
         agg[0] += 1
-        agg[_STATUS_SLOT[e.status]] += 1
-        agg[4] += e.prompt_tokens
-        agg[5] += e.generated_tokens
-        agg[6] += e.compute_ms
+        agg[slot[r[11]]] += 1
+        agg[4] += r[7]
+        agg[5] += r[8]
+        agg[6] += r[9]
     return [(*k, *v) for k, v in hourly.items()]
 
 
@@ -158,7 +173,9 @@ class UsageLedger(ResourceAccounting):
         self.close()
 
     def add_listener(self, callback: Any) -> None:
-        """Call ``callback(events)`` with newly accepted events after each commit."""
+        """Call ``callback(events)`` with newly accepted events after each commit: the
+        ``UsageEvent`` objects given to :meth:`ingest`, or :class:`StoredEvent` rows
+        (same attributes) for batches that came as JSON."""
         self._listeners.append(callback)
 
     # -- transactions -------------------------------------------------------------
@@ -191,6 +208,23 @@ class UsageLedger(ResourceAccounting):
         return dict(self._read("SELECT account, name FROM accounts ORDER BY account"))
 
     # -- events -------------------------------------------------------------------
+    def ingest_json(self, body: bytes) -> IngestResult:
+        """Store a JSON wire batch ``{"events": [...]}`` (the ingest endpoint's body).
+
+        Valid batches take the fast decoder (``wire.decode_batch``); anything else is
+        judged by ``json.loads`` and :meth:`ingest_dicts`, which raise what they always
+        raised: JSONDecodeError, KeyError (no "events"), LedgerError naming the field.
+        """
+        decoded = decode_batch(body)
+        if decoded is None:
+            raw = json.loads(body)
+            events = raw["events"] if isinstance(raw, dict) else None
+            if not isinstance(events, list):
+                raise LedgerError("events", 'body must be {"events": [...]}')
+            return self.ingest_dicts(events)
+        rows, keys = decoded
+        return self._ingest_rows(rows, keys, None, now=None)
+
     def ingest_dicts(self, raw: Sequence[Any]) -> IngestResult:
         """Validate wire-form events, then :meth:`ingest` them. Raises LedgerError naming
         the index and field of the first bad event; nothing of the batch is written."""
@@ -211,68 +245,90 @@ class UsageLedger(ResourceAccounting):
         Duplicate ids (already stored, or repeated in the batch) are skipped and reported.
         Raises LedgerError (nothing written) for an unknown account when accounts are set.
         """
+        rows = [_event_row(e, i) for i, e in enumerate(events)]
+        return self._ingest_rows(rows, [id_bytes(r[0]) for r in rows], events, now=now)
+
+    def _ingest_rows(self, rows: list[Row], keys: list[bytes],
+                     events: Sequence[UsageEvent] | None, *, now: datetime | None
+                     ) -> IngestResult:
         known = self.accounts()
         if known:
-            for i, e in enumerate(events):
-                if e.account not in known:
-                    raise LedgerError("account", f"unknown billing account {e.account!r}",
-                                      index=i, event_id=e.event_id)
+            for i, row in enumerate(rows):
+                if row[4] not in known:
+                    raise LedgerError("account", f"unknown billing account {row[4]!r}",
+                                      index=i, event_id=row[0])
         ingested_us = to_us(now or datetime.now(UTC))
 
-        def work(conn: sqlite3.Connection) -> tuple[IngestResult, list[UsageEvent]]:
-            # Fast path: duplicates are rare (retries), so insert first and only look the
-            # ids up when the number of rows inserted shows that some were already stored.
-            fresh, duplicates = _dedupe(events, set())
-            conn.execute("SAVEPOINT batch")
+        def work(conn: sqlite3.Connection) -> tuple[IngestResult, list[Row]]:
+            # Fast path: duplicates are rare (retries), so insert the ids first and only
+            # look them up when the number of rows inserted shows some were already stored.
+            # Then the transaction starts over (no SAVEPOINT: it would copy every page the
+            # id index touches to a statement journal, ≈ 4 µs an event).
+            fresh, fresh_keys, duplicates = _dedupe(rows, keys, set())
             before = conn.total_changes
-            conn.executemany(_EVENT_INSERT_OR_IGNORE, _event_rows(fresh, ingested_us))
-            if conn.total_changes - before != len(fresh):
-                conn.execute("ROLLBACK TO batch")
-                existing: set[str] = set()
-                ids = [e.event_id for e in fresh]
-                for chunk in chunks(ids, 900):
+            conn.executemany("INSERT OR IGNORE INTO event_ids VALUES (?)",
+                             [(k,) for k in fresh_keys])
+            if conn.total_changes - before != len(fresh_keys):
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                existing: set[bytes] = set()
+                for chunk in chunks(fresh_keys, 900):
                     marks = ",".join("?" * len(chunk))
                     existing.update(r[0] for r in conn.execute(
-                        f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk))
-                fresh, more = _dedupe(fresh, existing)
+                        f"SELECT event_id FROM event_ids WHERE event_id IN ({marks})", chunk))
+                fresh, fresh_keys, more = _dedupe(fresh, fresh_keys, existing)
                 duplicates += more
-                conn.executemany(_EVENT_INSERT, _event_rows(fresh, ingested_us))
-            conn.execute("RELEASE batch")
+                conn.executemany("INSERT INTO event_ids VALUES (?)", [(k,) for k in fresh_keys])
+            conn.executemany(_CHUNK_INSERT, chunk_rows(fresh, ingested_us))
             conn.executemany(_USAGE_UPSERT, _hourly_rows(fresh))
-            return IngestResult([e.event_id for e in fresh], duplicates), fresh
+            return IngestResult([r[0] for r in fresh], duplicates), fresh
 
         result, fresh = self._write(work)
-        for callback in self._listeners:
-            try:
-                callback(fresh)
-            except Exception:  # a monitoring bug must never fail ingestion
-                log.exception("usage listener failed")
+        if self._listeners and fresh:
+            if events is None:
+                seen: list[Any] = [StoredEvent._make(r) for r in fresh]
+            else:
+                by_id = {e.event_id: e for e in reversed(events)}  # first of a repeated id
+                seen = [by_id[r[0]] for r in fresh]
+            for callback in self._listeners:
+                try:
+                    callback(seen)
+                except Exception:  # a monitoring bug must never fail ingestion
+                    log.exception("usage listener failed")
         return result
 
-    def iter_events(self, start: datetime, end: datetime, account: str | None = None,
-                    batch: int = 10_000) -> Iterator[tuple[Any, ...]]:
-        """Yield stored event rows with ``start <= ended_at < end`` ordered by
-        (ended_at, event_id): (event_id, namespace, model, version, account, tenant,
-        request_id, prompt_tokens, generated_tokens, compute_ms, precision, status,
-        started_us, ended_us, queue_ms, ttft_ms)."""
-        check_window(start, end)
-        sql = ("SELECT event_id, namespace, model, version, account, tenant, request_id, "
-               "prompt_tokens, generated_tokens, compute_ms, precision, status, started_us, "
-               "ended_us, queue_ms, ttft_ms FROM events WHERE ended_us >= ? AND ended_us < ?"
-               + (" AND account = ?" if account else "") + " ORDER BY ended_us, event_id")
-        params: list[Any] = [to_us(start), to_us(end)] + ([account] if account else [])
+    def event_count(self) -> int:
+        """How many usage events are stored."""
+        return int(self._read("SELECT COALESCE(SUM(count), 0) FROM event_chunks")[0][0])
+
+    def _chunks_in(self, s_us: int, e_us: int) -> Iterator[tuple[int, int, bytes]]:
+        """(first_end_us, last_end_us, events) of the chunks that may hold events with
+        ``s_us <= ended_us < e_us``, in order of first end time, from one snapshot."""
+        params = (s_us - s_us % HOUR_US, e_us, s_us, e_us)
         if self.path == ":memory:":
-            yield from self._read(sql, params)
+            yield from self._read(_CHUNKS_IN_WINDOW, params)
             return
         # A separate connection reads one consistent WAL snapshot while ingestion goes on.
         reader = sqlite3.connect(self.path, isolation_level=None)
         try:
             reader.execute("BEGIN")
-            cursor = reader.execute(sql, params)
-            while rows := cursor.fetchmany(batch):
+            cursor = reader.execute(_CHUNKS_IN_WINDOW, params)
+            while rows := cursor.fetchmany(64):
                 yield from rows
         finally:
             reader.close()
+
+    def iter_events(self, start: datetime, end: datetime, account: str | None = None
+                    ) -> Iterator[Row]:
+        """Yield stored event rows with ``start <= ended_at < end`` ordered by
+        (ended_at, event_id): (event_id, namespace, model, version, account, tenant,
+        request_id, prompt_tokens, generated_tokens, compute_ms, precision, status,
+        started_us, ended_us, queue_ms, ttft_ms)."""
+        check_window(start, end)
+        s_us, e_us = to_us(start), to_us(end)
+        yield from merge_chunks(
+            (first, window_rows(decode_chunk(blob), first, last, s_us, e_us, account or None))
+            for first, last, blob in self._chunks_in(s_us, e_us))
 
     def usage_rows(self, start: datetime, end: datetime,
                    account: str | None = None) -> list[UsageRow]:
@@ -283,21 +339,19 @@ class UsageLedger(ResourceAccounting):
         """
         check_window(start, end)
         s_us, e_us = to_us(start), to_us(end)
-        acct = " AND account = ?" if account else ""
-        params: list[Any] = [s_us, e_us] + ([account] if account else [])
-        cols = "account, namespace, model, version"
         if s_us % HOUR_US == 0 and e_us % HOUR_US == 0:
+            acct = " AND account = ?" if account else ""
+            cols = "account, namespace, model, version"
             rows = self._read(
                 f"SELECT hour_us, {cols}, requests, ok, cancelled, errors, prompt_tokens, "
                 f"generated_tokens, compute_ms FROM usage_hourly WHERE hour_us >= ? AND "
-                f"hour_us < ?{acct} ORDER BY hour_us, {cols}", params)
+                f"hour_us < ?{acct} ORDER BY hour_us, {cols}",
+                [s_us, e_us] + ([account] if account else []))
         else:
-            rows = self._read(
-                f"SELECT ended_us - ended_us % {HOUR_US} AS h, {cols}, COUNT(*), "
-                "SUM(status = 'ok'), SUM(status = 'cancelled'), SUM(status = 'error'), "
-                "SUM(prompt_tokens), SUM(generated_tokens), SUM(compute_ms) FROM events "
-                f"WHERE ended_us >= ? AND ended_us < ?{acct} GROUP BY h, {cols} "
-                f"ORDER BY h, {cols}", params)
+            rows = sorted(_hourly_rows([
+                row for first, last, blob in self._chunks_in(s_us, e_us)
+                for row in window_rows(decode_chunk(blob), first, last, s_us, e_us,
+                                       account or None)]))
         return [UsageRow(max(start, from_us(r[0])), min(end, from_us(r[0] + HOUR_US)), *r[1:])
                 for r in rows]
 

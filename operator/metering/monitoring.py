@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 
 from deepserve.engine.usage import UsageEvent
+from deepserve.operator.metering.event_store import StoredEvent
 from deepserve.operator.metering.pricing import PriceSheet
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
@@ -62,7 +63,7 @@ class ModelMonitor(Collector):
         self.window_s, self.clock = window_s, clock
         self.prices = prices or PriceSheet()
         self._lock = threading.Lock()
-        self._events: dict[ModelKey, deque[tuple[float, UsageEvent]]] = {}
+        self._events: dict[ModelKey, deque[tuple[float, UsageEvent | StoredEvent]]] = {}
         self._counters: dict[ModelKey, deque[tuple[float, Mapping[str, float]]]] = {}
         self._gauges: dict[str, tuple[ModelKey, float, float]] = {}
         self._replicas: dict[ModelKey, tuple[int, int, str]] = {}
@@ -78,14 +79,19 @@ class ModelMonitor(Collector):
         self.registry.register(self)
 
     # -- inputs -------------------------------------------------------------------
-    def observe_events(self, events: Iterable[UsageEvent]) -> None:
-        """Add newly ingested events (the ledger listener calls this)."""
+    def observe_events(self, events: Iterable[UsageEvent | StoredEvent]) -> None:
+        """Add newly ingested events (the ledger listener calls this with UsageEvents or,
+        for JSON batches, StoredEvents: same attributes)."""
         with self._lock:
+            n = 0
             for e in events:
                 key = (e.namespace, e.model)
-                self._events.setdefault(key, deque()).append((e.ended_at.timestamp(), e))
+                end_s = (e.ended_us / 1_000_000 if isinstance(e, StoredEvent)
+                         else e.ended_at.timestamp())  # the same float either way
+                self._events.setdefault(key, deque()).append((end_s, e))
                 self._accounts[key] = e.account
-                self.ingested.inc()
+                n += 1
+            self.ingested.inc(n)
 
     def observe_counters(self, namespace: str, model: str, deltas: Mapping[str, float],
                          at: float | None = None) -> None:

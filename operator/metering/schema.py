@@ -3,17 +3,73 @@
 Each migration is applied once, inside one transaction together with the bump of
 ``PRAGMA user_version``, so a crash mid-migration leaves the previous version intact.
 Timestamps are stored as integer microseconds since the Unix epoch (UTC); hours as the
-epoch microsecond of the hour's start.
+epoch microsecond of the hour's start. A migration is SQL text or, where data must be
+re-encoded, a function of the connection (it runs inside the same transaction).
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
+
+from deepserve.operator.metering.base import HOUR_US
+from deepserve.operator.metering.event_store import chunk_rows
+from deepserve.operator.metering.wire import Row, id_bytes
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS: tuple[str, ...] = (
+_EVENT_STORE = """
+    CREATE TABLE event_chunks (
+        chunk INTEGER PRIMARY KEY,
+        hour_us INTEGER NOT NULL,
+        first_end_us INTEGER NOT NULL, last_end_us INTEGER NOT NULL,
+        count INTEGER NOT NULL, ingested_us INTEGER NOT NULL,
+        events BLOB NOT NULL
+    );
+    CREATE INDEX event_chunks_by_time ON event_chunks (hour_us, first_end_us);
+    CREATE TABLE event_ids (event_id BLOB PRIMARY KEY) WITHOUT ROWID
+"""
+
+
+def _to_event_store(conn: sqlite3.Connection) -> None:
+    """2: one row per event (three B-trees each) -> chunks of events + an id index.
+
+    Events keep their values and ingestion time; a chunk holds events of one hour that
+    were ingested together, as schema 2's writer makes them.
+    """
+    for statement in _EVENT_STORE.split(";"):
+        conn.execute(statement)
+    conn.create_function("id_bytes", 1, id_bytes, deterministic=True)
+    # Text ids sort as their bytes do, so the id index is filled in key order.
+    conn.execute("INSERT INTO event_ids SELECT id_bytes(event_id) FROM events ORDER BY event_id")
+    cursor = conn.execute(
+        "SELECT event_id, namespace, model, version, account, tenant, request_id, "
+        "prompt_tokens, generated_tokens, compute_ms, precision, status, started_us, "
+        f"ended_us, queue_ms, ttft_ms, ingested_us FROM events ORDER BY ended_us - ended_us % "
+        f"{HOUR_US}, ingested_us, ended_us, event_id")
+    insert = ("INSERT INTO event_chunks (hour_us, first_end_us, last_end_us, count, "
+              "ingested_us, events) VALUES (?,?,?,?,?,?)")
+    group: list[Row] = []
+    group_key: tuple[int, int] = (0, 0)  # (hour_us, ingested_us)
+    moved = 0
+    while rows := cursor.fetchmany(10_000):
+        for *values, ingested_us in rows:
+            key = (values[13] - values[13] % HOUR_US, ingested_us)
+            if key != group_key and group:
+                conn.executemany(insert, chunk_rows(group, group_key[1]))
+                moved += len(group)
+                group = []
+            group_key = key
+            group.append(tuple(values))  # type: ignore[arg-type]
+    if group:
+        conn.executemany(insert, chunk_rows(group, group_key[1]))
+        moved += len(group)
+    conn.execute("DROP TABLE events")
+    log.info("usage ledger: moved %d events into the chunked event store", moved)
+
+
+MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     # 1: events, hourly aggregates, GPU time, counters, prices
     """
     CREATE TABLE events (
@@ -76,6 +132,8 @@ MIGRATIONS: tuple[str, ...] = (
         account TEXT PRIMARY KEY, name TEXT
     ) WITHOUT ROWID;
     """,
+    # 2: events in chunks plus a 16-byte id index (event_store.py)
+    _to_event_store,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -93,11 +151,15 @@ def migrate(conn: sqlite3.Connection) -> int:
         )
     for version in range(current + 1, SCHEMA_VERSION + 1):
         log.info("migrating usage ledger to schema version %d", version)
-        statements = [s.strip() for s in MIGRATIONS[version - 1].split(";") if s.strip()]
+        step = MIGRATIONS[version - 1]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in statements:
-                conn.execute(statement)
+            if callable(step):
+                step(conn)
+            else:
+                for statement in (s.strip() for s in step.split(";")):
+                    if statement:
+                        conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")
         except BaseException:

@@ -112,11 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
                        {"error": f"body must be 1..{MAX_BODY} bytes", "field": "body"})
             return
         try:
-            body = json.loads(self.rfile.read(length))
-            events = body["events"] if isinstance(body, dict) else None
-            if not isinstance(events, list):
-                raise LedgerError("events", "body must be {\"events\": [...]}")
-            result = self.server.ledger.ingest_dicts(events)
+            result = self.server.ledger.ingest_json(self.rfile.read(length))
         except (ValueError, KeyError) as err:  # JSONDecodeError and LedgerError are ValueErrors
             self.server.monitor.rejected.inc()
             payload: dict[str, Any] = {"error": str(err), "field": "body"}

@@ -10,11 +10,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from deepserve.engine.usage import UsageShipper, UsageSpool, encode_batch
 from deepserve.operator.metering import UsageLedger
+from deepserve.operator.metering.base import EPOCH
 
 from .conftest import TOKEN, ServerProcess, build_event, http
 
@@ -25,6 +27,7 @@ WRITER = textwrap.dedent("""
     from datetime import UTC, datetime, timedelta
     from deepserve.engine.usage import UsageEvent
     from deepserve.operator.metering import UsageLedger
+from deepserve.operator.metering.base import EPOCH
     t0 = datetime(2026, 11, 1, 10, tzinfo=UTC)
     ledger = UsageLedger(sys.argv[1])
     i = int(sys.argv[2])
@@ -40,11 +43,16 @@ WRITER = textwrap.dedent("""
 """)
 
 
+def _stored(led: UsageLedger) -> list[tuple]:
+    return list(led.iter_events(EPOCH, EPOCH + timedelta(days=365 * 100)))
+
+
 def _totals(path: Path) -> tuple[int, int, int]:
     with UsageLedger(path) as led:
-        events = led._read("SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0) FROM events")[0]
+        events = _stored(led)
+        assert led.event_count() == len(events)
         hourly = led._read("SELECT COALESCE(SUM(requests), 0) FROM usage_hourly")[0][0]
-    return events[0], events[1], hourly
+    return len(events), sum(r[7] for r in events), hourly
 
 
 @pytest.mark.timeout(120)
@@ -68,7 +76,7 @@ def test_kill9_writer_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert count % 500 == 0
         acked = count  # resume after what is stored
         with UsageLedger(path) as led:
-            stored = {r[0] for r in led._read("SELECT request_id FROM events")}
+            stored = {r[6] for r in _stored(led)}
         assert stored == {f"w-{n}" for n in range(count)}
         assert prompt == sum(n % 7 for n in range(count))
 

@@ -15,7 +15,7 @@ T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)  # as in conftest.build_event
 
 
 def _count(ledger: UsageLedger) -> int:
-    return ledger._read("SELECT COUNT(*) FROM events")[0][0]
+    return ledger.event_count()
 
 
 def test_duplicates_are_counted_once(ledger, make_event) -> None:
