@@ -4,13 +4,16 @@ Random weights with the shape of Llama-3.1-8B (bf16); nothing is downloaded. Pri
 and writes JSON (``--out``). Sections:
 
 1. copy bandwidth (device-to-device), the HBM roofline's denominator, measured in this run;
-2. decode tokens/s at batch 1, 8, 64: our engine eager and with torch.compile
-   (reduce-overhead = CUDA graphs), against the roofline (weight + KV bytes per step /
-   measured bandwidth) and against transformers ``generate`` on the same inputs;
-3. throughput with many concurrent sequences (prompt/output 1000/1000);
+2. decode tokens/s at batch 1, 8, 64: our engine eager, replayed from a CUDA graph and
+   with torch.compile (reduce-overhead = CUDA graphs), against the roofline (weight + KV
+   bytes per step / measured bandwidth) and against transformers ``generate`` on the same
+   inputs; ``--baseline`` first times the path before the decode kernels (separate q/k/v
+   and gate/up matmuls, masked SDPA over the whole static cache) on the same weights;
+3. throughput with many concurrent sequences (prompt/output 1000/1000): prompts prefilled
+   ``--prefill-batch`` at a time, then decoded together;
 4. peak GPU memory against context and batch.
 
-    python bench/bench_h200.py --out h200.json            # on the GPU machine
+    python bench/bench_h200.py --baseline --out h200.json  # on the GPU machine
     python bench/bench_h200.py --tiny --device cpu        # smoke test of the script itself
 """
 
@@ -25,8 +28,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from deepserve.engine.generate import decode_step
+from deepserve.engine.generate import decode_step, prefill_batch
 from deepserve.engine.model.args import ModelArgs
+from deepserve.engine.model.attention import dense_attention, sdpa_attention, set_attention_fn
 from deepserve.engine.model.transformer import Transformer
 
 LLAMA_8B = {
@@ -158,21 +162,24 @@ def bench_hf(config: dict[str, Any], batch: int, ctx: int, new: int, device: str
 
 
 def bench_throughput(model: Transformer, seqs: int, prompt: int, output: int, device: str,
-                     mode: str) -> dict[str, float]:
-    """Prefill ``seqs`` prompts one by one, then decode all of them together."""
-    from deepserve.engine.generate import prefill
-
+                     mode: str, prefill_at_once: int) -> dict[str, float]:
+    """Prefill ``seqs`` prompts ``prefill_at_once`` at a time, then decode all together."""
     model.setup_caches(seqs, prompt + output + 8)
     with torch.no_grad():
         prompts = torch.randint(0, model.args.vocab_size, (seqs, prompt), device=device)
         sync(device)
         t0 = time.perf_counter()
-        last = torch.stack([prefill(model, prompts[i], i).argmax() for i in range(seqs)])
+        last = []
+        for first in range(0, seqs, prefill_at_once):
+            rows = list(range(first, min(seqs, first + prefill_at_once)))
+            last.append(prefill_batch(model, [prompts[i] for i in rows], rows).argmax(-1))
         sync(device)
         t_prefill = time.perf_counter() - t0
         positions = torch.full((seqs,), prompt, device=device, dtype=torch.long)
-        tokens = last.clone()
+        tokens = torch.cat(last)
         step = make_step(model, tokens, positions, mode)  # static inputs, updated in place
+        for _ in range(3):  # compile / capture outside the timed loop; rewrites row `prompt` only
+            step()
         positions.fill_(prompt)
         sync(device)
         t0 = time.perf_counter()
@@ -182,27 +189,57 @@ def bench_throughput(model: Transformer, seqs: int, prompt: int, output: int, de
         sync(device)
         t_decode = time.perf_counter() - t0
     total = t_prefill + t_decode
-    return {"seqs": seqs, "prefill_s": t_prefill, "decode_s": t_decode,
-            "output_tokens_per_s": seqs * output / total,
-            "total_tokens_per_s": seqs * (prompt + output) / total}
+    return {"seqs": seqs, "prefill_batch": prefill_at_once, "mode": mode, "prefill_s": t_prefill,
+            "decode_s": t_decode, "output_tokens_per_s": seqs * output / total,
+            "total_tokens_per_s": seqs * (prompt + output) / total,
+            "prefill_tokens_per_s": seqs * prompt / t_prefill}
+
+
+def decode_rows(model: Transformer, a: argparse.Namespace, modes: list[str], variant: str,
+                wbytes: int, kvb: int, bw: float) -> list[dict[str, Any]]:
+    rows = []
+    for b in a.batch:
+        roof_bytes = wbytes + b * a.ctx * kvb  # useful bytes per step: weights + live KV
+        roof = b / (roof_bytes / bw)
+        for mode in modes:
+            t = bench_decode(model, b, a.ctx, a.steps, a.device, mode)
+            row = {"variant": variant, "batch": b, "mode": mode, "ms_per_step": t * 1e3,
+                   "tokens_per_s": b / t, "roofline_tokens_per_s": roof,
+                   "fraction_of_roofline": (b / t) / roof}
+            rows.append(row)
+            print(f"{variant:>8} {b:>5} {mode:>9} {t * 1e3:8.2f} {b / t:9.1f} {roof:14.1f} "
+                  f"{100 * (b / t) / roof:6.1f}%", flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="a tiny model (smoke test)")
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--batch", type=int, nargs="*", default=[1, 8, 64],
+                    help="decode batch sizes (none: skip the decode table)")
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
-    ap.add_argument("--throughput-seqs", type=int, default=128)
+    ap.add_argument("--baseline", action="store_true",
+                    help="first time the path before the decode kernels (graph mode)")
+    ap.add_argument("--tune", action="store_true",
+                    help="Inductor coordinate-descent tuning of its generated kernels (gpt-fast's setting)")
+    ap.add_argument("--throughput-seqs", type=int, nargs="*", default=[128])
     ap.add_argument("--throughput-len", type=int, default=1000)
+    ap.add_argument("--prefill-batch", type=int, default=16)
+    ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--out", default="")
     a = ap.parse_args(argv)
     dev = a.device
+    torch._dynamo.config.cache_size_limit = 64  # one graph per batch size and variant
+    if a.tune:
+        import torch._inductor.config as inductor_config
+        inductor_config.coordinate_descent_tuning = True
     config = TINY if a.tiny else LLAMA_8B
-    res: dict[str, Any] = {"torch": torch.__version__, "device": dev, "model": "tiny" if a.tiny else "llama-3.1-8b-shape"}
+    res: dict[str, Any] = {"torch": torch.__version__, "device": dev,
+                           "model": "tiny" if a.tiny else "llama-3.1-8b-shape", "argv": sys.argv[1:]}
     if dev == "cuda":
         res["gpu"] = torch.cuda.get_device_name()
     bw = copy_bandwidth(dev, 0.25 if a.tiny else 4.0)
@@ -213,21 +250,20 @@ def main(argv: list[str] | None = None) -> int:
     wbytes = param_bytes(model)
     kvb = kv_bytes_per_token(model.args, 2 if dev == "cuda" else 4)
     res["weight_GB"] = wbytes / 1e9
+    print(f"{'variant':>8} {'batch':>5} {'mode':>9} {'ms/step':>8} {'tok/s':>9} {'roofline tok/s':>14} "
+          f"{'% roof':>7}", flush=True)
+    cuda = dev == "cuda"
     rows = []
-    print(f"{'batch':>5} {'mode':>9} {'ms/step':>8} {'tok/s':>9} {'roofline tok/s':>14} {'% roof':>7}", flush=True)
-    modes = ["eager"] + (["graph"] + (["compiled"] if a.compile else []) if dev == "cuda" else [])
-    for b in a.batch:
-        roof_bytes = wbytes + b * a.ctx * kvb  # useful bytes per step: weights + live KV
-        roof = b / (roof_bytes / bw)
-        for mode in modes:
-            t = bench_decode(model, b, a.ctx, a.steps, dev, mode)
-            row = {"batch": b, "mode": mode, "ms_per_step": t * 1e3, "tokens_per_s": b / t,
-                   "roofline_tokens_per_s": roof, "fraction_of_roofline": (b / t) / roof}
-            rows.append(row)
-            print(f"{b:>5} {mode:>9} {t * 1e3:8.2f} {b / t:9.1f} {roof:14.1f} {100 * (b / t) / roof:6.1f}%", flush=True)
+    if a.baseline:
+        set_attention_fn(model, sdpa_attention)
+        rows += decode_rows(model, a, ["graph"] if cuda else ["eager"], "before", wbytes, kvb, bw)
+        set_attention_fn(model, dense_attention)
+    model.fuse_projections()
+    modes = ["eager"] + (["graph"] + (["compiled"] if a.compile else []) if cuda else [])
+    rows += decode_rows(model, a, modes, "after", wbytes, kvb, bw)
     res["decode"] = rows
     peak = []
-    if dev == "cuda":
+    if cuda and not a.skip_memory:
         for b, s in [(1, 8192), (1, 32768), (8, 8192), (64, 2048), (64, 8192)]:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -235,24 +271,27 @@ def main(argv: list[str] | None = None) -> int:
             peak.append({"batch": b, "max_seq": s, "peak_GiB": torch.cuda.max_memory_allocated() / 2**30})
         res["peak_memory"] = peak
         print("peak memory:", ", ".join(f"b{p['batch']}xS{p['max_seq']}={p['peak_GiB']:.1f}GiB" for p in peak), flush=True)
-    thr = bench_throughput(model, a.throughput_seqs if not a.tiny else 4, a.throughput_len if not a.tiny else 16,
-                           a.throughput_len if not a.tiny else 16, dev, modes[-1])
-    res["throughput"] = thr
-    print(f"throughput {thr['seqs']} seqs: {thr['output_tokens_per_s']:,.0f} output tok/s, "
-          f"{thr['total_tokens_per_s']:,.0f} total tok/s (prefill {thr['prefill_s']:.1f}s, decode {thr['decode_s']:.1f}s)",
-          flush=True)
+    res["throughput"] = []
+    for seqs in a.throughput_seqs:
+        n, length = (seqs, a.throughput_len) if not a.tiny else (4, 16)
+        thr = bench_throughput(model, n, length, length, dev, modes[-1], min(a.prefill_batch, n))
+        res["throughput"].append(thr)
+        print(f"throughput {thr['seqs']} seqs ({thr['mode']}): {thr['output_tokens_per_s']:,.0f} output tok/s, "
+              f"{thr['total_tokens_per_s']:,.0f} total tok/s (prefill {thr['prefill_s']:.1f}s at "
+              f"{thr['prefill_tokens_per_s']:,.0f} tok/s, decode {thr['decode_s']:.1f}s)", flush=True)
     del model
     gc.collect()
-    if dev == "cuda":
+    if cuda:
         torch.cuda.empty_cache()
     if not a.no_hf:
         hf_rows = []
         for b in a.batch:
             t = bench_hf(config, b, a.ctx, 32 if not a.tiny else 16, dev)
             gc.collect()
-            if dev == "cuda":
+            if cuda:
                 torch.cuda.empty_cache()
-            ours = max((r["tokens_per_s"] for r in rows if r["batch"] == b), default=0.0)
+            ours = max((r["tokens_per_s"] for r in rows if r["batch"] == b and r["variant"] == "after"),
+                       default=0.0)
             hf_rows.append({"batch": b, "ms_per_step": t * 1e3, "tokens_per_s": b / t, "ours_over_hf": ours / (b / t)})
             print(f"transformers generate batch {b}: {t * 1e3:.2f} ms/step, {b / t:.1f} tok/s; ours/hf = {ours / (b / t):.2f}x", flush=True)
         res["transformers"] = hf_rows

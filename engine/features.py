@@ -151,7 +151,8 @@ def _install_sparse(model: Transformer, options: EngineOptions, tokenize: Any) -
 
 
 def install_features(model: Transformer, options: EngineOptions, tokenize: Any) -> EngineFeatures:
-    """Apply tensor parallelism, adaptive precision, sparse attention and the prefix cache.
+    """Apply tensor parallelism, fused projections, adaptive precision, sparse attention and
+    the prefix cache.
 
     ``tokenize(text) -> list[int]`` supplies calibration/distillation text. Tensor
     parallelism needs ``torch.distributed`` initialised by the launcher (torchrun) with
@@ -168,6 +169,7 @@ def install_features(model: Transformer, options: EngineOptions, tokenize: Any) 
             raise RuntimeError(f"tensor_parallel={options.tensor_parallel} needs torch.distributed "
                                "initialised with that world size (e.g. torchrun)")
         apply_tensor_parallel(model)
+    model.fuse_projections()  # before adaptive precision, which then wraps the fused layers
     if options.precision in ("auto", "fp8"):
         _install_precision(model, options, features, tokenize)
     if options.sparse_attention.enabled:

@@ -1,7 +1,9 @@
 """Attention modules and the seam where attention kernels plug in.
 
 Every attention module calls ``self.attention_fn(q, k, v, batch, scale)``. The default is
-:func:`sdpa_attention` (dense, masked, PyTorch SDPA). Part 2 swaps in sparse attention
+:func:`dense_attention`: the flash-decoding kernel for one-token decode steps (reads only
+each sequence's live rows), causal FlashAttention over the new tokens for a fresh prefill,
+and masked PyTorch SDPA (:func:`sdpa_attention`) otherwise. Part 2 swaps in sparse attention
 (top-k indexer, sinks, local window) per layer with :func:`set_attention_fn` without
 touching the modules; MLA runs in latent space so it uses the same seam as MQA.
 """
@@ -13,9 +15,10 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from deepserve.engine.kernels import decode_attention, decode_attention_supported
 from deepserve.engine.model.args import ModelArgs
 from deepserve.engine.model.cache import KVCache, LatentCache
-from deepserve.engine.model.layers import RMSNorm
+from deepserve.engine.model.layers import RMSNorm, stack_linears
 from deepserve.engine.model.rope import (
     apply_rope,
     apply_rope_interleaved,
@@ -30,7 +33,9 @@ class AttentionBatch:
 
     ``positions`` [B, T] absolute positions; ``slots`` [B] cache rows (None: all rows in
     order); ``mask`` [B, 1, T, S] True where a query may attend a cache position;
-    ``cos``/``sin`` [B, T, rope_dim] rotary tables at ``positions``.
+    ``cos``/``sin`` [B, T, rope_dim] rotary tables at ``positions``. ``fresh``: every
+    sequence starts at position 0 with positions ``0..T-1`` (a prefill with nothing cached
+    before it), so the new tokens are the whole context.
     """
 
     positions: torch.Tensor
@@ -38,6 +43,7 @@ class AttentionBatch:
     mask: torch.Tensor
     cos: torch.Tensor
     sin: torch.Tensor
+    fresh: bool = False
 
 
 class AttentionFn(Protocol):
@@ -56,6 +62,27 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     )
 
 
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    batch: AttentionBatch, scale: float, layer: int) -> torch.Tensor:
+    """Dense attention, choosing the kernel by the shape of the pass (same result as SDPA).
+
+    One query per sequence (decode): :func:`decode_attention` over rows ``<= position``
+    when it supports the shapes. A fresh prefill: causal attention over the first T cache
+    rows (the new tokens) without a mask, which lets SDPA use FlashAttention. Else masked SDPA.
+    """
+    seqlen = q.shape[2]
+    if seqlen == 1:
+        q1 = q[:, :, 0]
+        if decode_attention_supported(q1, k, v):
+            lengths = batch.positions[:, 0] + 1
+            return decode_attention(q1, k, v, lengths, scale)[:, :, None]
+    elif batch.fresh and seqlen <= k.shape[2]:
+        return F.scaled_dot_product_attention(
+            q, k[:, :, :seqlen], v[:, :, :seqlen], is_causal=True, scale=scale,
+            enable_gqa=k.shape[1] != q.shape[1])
+    return sdpa_attention(q, k, v, batch, scale, layer)
+
+
 class GroupedQueryAttention(nn.Module):
     """Llama/Qwen2 attention: per-head keys and values, fewer KV heads than query heads."""
 
@@ -70,13 +97,37 @@ class GroupedQueryAttention(nn.Module):
         self.o_proj = nn.Linear(self.heads * hd, d, bias=args.o_bias)
         self.scale = hd**-0.5
         self.cache: KVCache | None = None
-        self.attention_fn: AttentionFn = sdpa_attention
+        self.attention_fn: AttentionFn = dense_attention
+        self.qkv_proj: nn.Linear | None = None  # set by fuse_projections()
+        self.qkv_split: tuple[int, int, int] = (0, 0, 0)
+
+    def fuse_projections(self) -> bool:
+        """Stack the q/k/v projections into one ``qkv_proj`` (one matmul, one read of x).
+
+        Exact up to matmul rounding; call after loading (and tensor-parallel sharding).
+        Returns False, changing nothing, when they are not plain ``nn.Linear`` layers.
+        """
+        parts = [getattr(self, name, None) for name in ("q_proj", "k_proj", "v_proj")]
+        self.qkv_proj = stack_linears(parts)
+        if self.qkv_proj is None:
+            return False
+        self.qkv_split = (parts[0].out_features, parts[1].out_features,  # type: ignore[union-attr]
+                          parts[2].out_features)  # type: ignore[union-attr]
+        del self.q_proj, self.k_proj, self.v_proj
+        return True
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split(self.qkv_split, dim=-1)
+            return q, k, v
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def forward(self, x: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
         bsz, seqlen, _ = x.shape  # x: [B, T, D]
-        q = self.q_proj(x).view(bsz, seqlen, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(bsz, seqlen, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(bsz, seqlen, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self._project(x)
+        q = q.view(bsz, seqlen, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(bsz, seqlen, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(bsz, seqlen, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, batch.cos, batch.sin), apply_rope(k, batch.cos, batch.sin)
         assert self.cache is not None, "call Transformer.setup_caches() first"
         k_all, v_all = self.cache.update(batch.slots, batch.positions, k, v)
@@ -111,7 +162,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.o_proj = nn.Linear(self.heads * self.v_dim, d, bias=args.o_bias)
         self.scale = qk**-0.5 * attention_scale_multiplier(args.rope)
         self.cache: LatentCache | None = None
-        self.attention_fn: AttentionFn = sdpa_attention
+        self.attention_fn: AttentionFn = dense_attention
 
     def _query(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "q_proj"):

@@ -8,6 +8,26 @@ from deepserve.engine.model.args import ModelArgs
 from torch import nn
 
 
+def stack_linears(parts: list[nn.Module | None]) -> nn.Linear | None:
+    """One ``nn.Linear`` computing ``parts`` side by side (outputs concatenated), or None."""
+    if not parts or any(type(p) is not nn.Linear for p in parts):
+        return None
+    linears = [p for p in parts if isinstance(p, nn.Linear)]
+    first = linears[0]
+    has_bias = first.bias is not None
+    if any((p.bias is not None) != has_bias or p.in_features != first.in_features for p in linears):
+        return None
+    grad = first.weight.requires_grad
+    fused = nn.Linear(first.in_features, sum(p.out_features for p in linears), bias=has_bias,
+                      device="meta")
+    with torch.no_grad():  # allocate only the stacked copy, on the weights' device
+        fused.weight = nn.Parameter(torch.cat([p.weight for p in linears]), requires_grad=grad)
+        if has_bias:
+            fused.bias = nn.Parameter(torch.cat([p.bias for p in linears if p.bias is not None]),
+                                      requires_grad=grad)
+    return fused
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm, computed in float32 like the reference models."""
 
@@ -31,8 +51,20 @@ class GatedMLP(nn.Module):
         self.gate_proj = nn.Linear(dim, hidden, bias=bias)
         self.up_proj = nn.Linear(dim, hidden, bias=bias)
         self.down_proj = nn.Linear(hidden, dim, bias=bias)
+        self.gate_up_proj: nn.Linear | None = None  # set by fuse_projections()
+
+    def fuse_projections(self) -> bool:
+        """Stack gate and up projections into one ``gate_up_proj`` (see :func:`stack_linears`)."""
+        self.gate_up_proj = stack_linears([getattr(self, "gate_proj", None), getattr(self, "up_proj", None)])
+        if self.gate_up_proj is None:
+            return False
+        del self.gate_proj, self.up_proj
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 

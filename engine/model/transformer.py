@@ -84,21 +84,44 @@ class Transformer(nn.Module):
         self.rope_cos, self.rope_sin = cos.to(dtype), sin.to(dtype)
         self.max_seq_len, self.cache_slots = max_seq_len, slots
 
+    def fuse_projections(self) -> int:
+        """Stack q/k/v and gate/up projections into single matmuls; returns how many fused.
+
+        Fewer, larger matmuls read the input once and run closer to peak bandwidth in
+        decode. Call after loading weights and tensor-parallel sharding, before anything
+        that wraps linear layers (adaptive precision then wraps the fused ones).
+        """
+        fused = 0
+        for layer in self.model.layers:
+            block = cast(DecoderLayer, layer)
+            if isinstance(block.self_attn, GroupedQueryAttention):
+                fused += block.self_attn.fuse_projections()
+            if isinstance(block.mlp, GatedMLP):
+                fused += block.mlp.fuse_projections()
+        return fused
+
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
-                slots: torch.Tensor | None = None) -> torch.Tensor:
+                slots: torch.Tensor | None = None, *, last: torch.Tensor | None = None,
+                fresh: bool = False) -> torch.Tensor:
         """Run ``tokens`` [B, T] at ``positions`` [B, T] in cache ``slots`` [B].
 
         ``slots=None`` means B equals the number of cache slots, in order (the decode
         step). Each query attends cache positions ``<=`` its own position in its slot.
-        Returns logits [B, T, vocab].
+        Returns logits [B, T, vocab], or with ``last`` [B] (an index into T per sequence)
+        only those positions' logits [B, 1, vocab]. ``fresh=True`` promises positions
+        ``0..T-1`` in every row (a prefill with nothing cached before it), which lets
+        attention skip the mask.
         """
         if self.rope_cos is None or self.rope_sin is None:
             raise RuntimeError("call setup_caches() before forward()")
         cache_positions = torch.arange(self.max_seq_len, device=tokens.device)
         mask = cache_positions.view(1, 1, 1, -1) <= positions[:, None, :, None]  # [B, 1, T, S]
         batch = AttentionBatch(positions=positions, slots=slots, mask=mask,
-                               cos=self.rope_cos[positions], sin=self.rope_sin[positions])
+                               cos=self.rope_cos[positions], sin=self.rope_sin[positions],
+                               fresh=fresh)
         x = self.model.embed_tokens(tokens)  # [B, T, D]
         for layer in self.model.layers:
             x = layer(x, batch)
+        if last is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), last][:, None]  # [B, 1, D]
         return self.lm_head(self.model.norm(x))

@@ -5,7 +5,8 @@ Each query attends the ``sinks`` first tokens, the ``local_window`` most recent 
 budget covers the whole context the dense kernel runs instead, so the result is exactly
 the dense one. Decode-sized batches (few queries) gather just the selected K/V rows; long
 prefills apply the same selection as a mask to the dense kernel (prefill is
-compute-bound; the selection and therefore the output are identical). Counters record
+compute-bound; the selection and therefore the output are identical). One-token decode on a
+GPU uses the flash-decoding kernel, which reads the selected rows in place. Counters record
 how many KV entries (token rows of one layer, all KV heads) each path read.
 """
 
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from deepserve.engine.model.attention import AttentionBatch, sdpa_attention
+from deepserve.engine.kernels import decode_attention, decode_attention_supported
+from deepserve.engine.model.attention import AttentionBatch, dense_attention
 from deepserve.engine.sparse.indexer import LightningIndexer
 
 
@@ -198,12 +200,16 @@ class SparseAttention:
         if shared.context <= self.budget and not self.force_select:
             self.counters.dense_calls += 1
             self.counters.add(dense_count, dense_count, dense_count)
-            return sdpa_attention(q, k, v, batch, scale, layer)
+            return dense_attention(q, k, v, batch, scale, layer)
         bias = shared.selection_bias(self.sinks, self.local_window)
         index, chosen = select_with_bias(scores, bias, self.budget)
         self.last_selection = (index, chosen)
         self.counters.sparse_calls += 1
         self.counters.add(chosen.sum(), dense_count, dense_count)
+        if q.shape[2] == 1 and decode_attention_supported(q[:, :, 0], k, v):
+            # the kernel gathers the selected rows itself: no copy of them is written
+            return decode_attention(q[:, :, 0], k, v, None, scale, index=index[:, 0],
+                                    valid=chosen[:, 0])[:, :, None]
         if q.shape[2] <= self.gather_max_queries:
             return gathered_attention(q, k, v, index, chosen, scale)
         sparse_mask = torch.zeros_like(batch.mask[:, 0]).scatter_(-1, index, chosen)  # [B, T, S]

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from deepserve.engine.model.attention import AttentionBatch, sdpa_attention
+from deepserve.engine.model.attention import AttentionBatch, dense_attention
 from deepserve.engine.model.transformer import Transformer
 from deepserve.engine.sparse.indexer import IndexerConfig
 from deepserve.engine.sparse.install import (
@@ -61,7 +61,7 @@ class _Recorder:
         logits = torch.einsum("bhtd,bhsd->bhts", q.float(), kf) * scale
         probs = logits.masked_fill(~batch.mask, -math.inf).softmax(-1)  # [B, H, T, S]
         self.targets[layer] = probs.mean(dim=1).detach()  # [B, T, S]
-        return sdpa_attention(q, k, v, batch, scale, layer)
+        return dense_attention(q, k, v, batch, scale, layer)
 
 
 def _record(model: Transformer, tokens: torch.Tensor) -> dict[int, _Recorder]:
@@ -83,7 +83,7 @@ def _record(model: Transformer, tokens: torch.Tensor) -> dict[int, _Recorder]:
         for hook in hooks:
             hook.remove()
         for module in attention_modules(model):
-            module.attention_fn = sdpa_attention
+            module.attention_fn = dense_attention
     return recorders
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from deepserve.engine.kernels import indexer_scores, indexer_scores_supported
 from deepserve.engine.model.args import ModelArgs
 from deepserve.engine.model.rope import apply_rope
 from torch import nn
@@ -131,6 +132,10 @@ class LightningIndexer(nn.Module):
         q = self.wq_b(q_input).view(bsz, seqlen, cfg.n_heads, cfg.head_dim).transpose(1, 2)
         q = self._rope(q, cos, sin)  # [B, Hi, T, Dk]
         weights = self.weights_proj(x).float() * (cfg.n_heads**-0.5 * self.softmax_scale)  # [B, T, Hi]
+        if seqlen == 1:
+            q1 = q[:, :, 0].to(cached_keys.dtype)
+            if indexer_scores_supported(q1, cached_keys):  # one pass over the keys (decode)
+                return indexer_scores(q1, weights[:, 0], cached_keys)[:, None]
         # dot products in the cache dtype (no float32 copy of the whole key cache)
         logits = torch.einsum("bhtd,bsd->bhts", q.to(cached_keys.dtype), cached_keys).float().relu()
         return torch.einsum("bhts,bth->bts", logits, weights)

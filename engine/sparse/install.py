@@ -18,7 +18,7 @@ import torch
 from deepserve.engine.model.attention import (
     GroupedQueryAttention,
     MultiHeadLatentAttention,
-    sdpa_attention,
+    dense_attention,
 )
 from deepserve.engine.model.transformer import Transformer
 from deepserve.engine.options import SparseAttentionOptions
@@ -64,7 +64,7 @@ class SparseAttentionHandle:
             hook.remove()
         self.hooks.clear()
         for module in attention_modules(self.model):
-            module.attention_fn = sdpa_attention
+            module.attention_fn = dense_attention
         self.functions.clear()
 
 

@@ -4,7 +4,9 @@
 request is validated, submitted to the :class:`InferenceEngine` (which batches it with the
 others on its own thread) and answered through the request's response sender: one
 response per text piece when streaming, or one at the end; the last response carries the
-``TRITONSERVER_RESPONSE_COMPLETE_FINAL`` flag. The inputs and outputs are documented in
+``TRITONSERVER_RESPONSE_COMPLETE_FINAL`` flag. Responses are built and sent by one sender
+thread, in order, so the engine thread only queues them and goes on decoding (sending is
+an IPC round trip to the server per response). The inputs and outputs are documented in
 ``docs/engine.md`` (and defined in :mod:`deepserve.engine.triton.protocol`). Custom
 metrics use ``pb_utils.MetricFamily``; one usage event per request goes to the spool.
 
@@ -16,7 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -52,6 +57,9 @@ class TritonPythonModel:
         self.engine = build_engine(self.options)
         self.metrics = EngineMetrics(pb_utils, self.model_name, self.version, self.engine.precision)
         self.usage = UsageRecorder.from_options(self.options, self.model_name, self.version)
+        self._outbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_loop, name="deepserve-sender", daemon=True)
+        self._sender.start()
         self.engine.start()
         log.info("deepserve model %s v%s ready (%s)", self.model_name, self.version, self.engine.precision)
 
@@ -75,17 +83,26 @@ class TritonPythonModel:
                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 
+    def _send_loop(self) -> None:
+        """Build and send queued responses in order until the ``None`` sentinel."""
+        while (job := self._outbox.get()) is not None:
+            try:
+                job()
+            except Exception:  # a gone client must not stop the others' responses
+                log.exception("sending a response failed")
+
     def _submit(self, request_id: str, parsed: ParsedRequest, sender: Any) -> None:
         pieces: list[str] = []
 
-        def on_chunk(chunk: GenerationChunk) -> None:
+        def on_chunk(chunk: GenerationChunk) -> None:  # engine thread: queue, never block
             if not chunk.finished:
                 if parsed.stream:
-                    sender.send(self._response(chunk, chunk.text))
+                    self._outbox.put(lambda: sender.send(self._response(chunk, chunk.text)))
                 else:
                     pieces.append(chunk.text)
                 return
-            self._finish(chunk, parsed, sender, "".join(pieces) + chunk.text)
+            text = "".join(pieces) + chunk.text
+            self._outbox.put(lambda: self._finish(chunk, parsed, sender, text))
 
         self.engine.submit(parsed.prompt, parsed.params, request_id=request_id,
                            on_chunk=on_chunk, is_cancelled=sender.is_cancelled)
@@ -125,4 +142,6 @@ class TritonPythonModel:
     def finalize(self) -> None:
         """Cancel pending requests, stop the engine and flush usage (graceful drain)."""
         self.engine.stop(cancel_pending=True)
+        self._outbox.put(None)  # after the engine's last chunk: everything queued is sent
+        self._sender.join(timeout=30)
         self.usage.close()

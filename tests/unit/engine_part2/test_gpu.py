@@ -88,3 +88,55 @@ def test_sync_free_sparse_decode_replays_from_a_cuda_graph(tmp_path: Path) -> No
         graph.replay()
         torch.cuda.synchronize()
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("bsz", "kv_heads", "rows"), [(1, 8, 4096), (16, 8, 1000), (3, 2, 70)])
+def test_decode_kernel_on_cuda_equals_reference(bsz: int, kv_heads: int, rows: int) -> None:
+    from deepserve.engine.kernels import (
+        decode_attention,
+        decode_attention_reference,
+        decode_attention_supported,
+    )
+    gen = torch.Generator(device="cuda").manual_seed(rows)
+    q = torch.randn(bsz, 32, 128, device="cuda", generator=gen).bfloat16()
+    k = torch.randn(bsz, kv_heads, rows, 128, device="cuda", generator=gen).bfloat16()
+    v = torch.randn(bsz, kv_heads, rows, 128, device="cuda", generator=gen).bfloat16()
+    assert decode_attention_supported(q, k, v)
+    lengths = torch.randint(1, rows + 1, (bsz,), device="cuda", generator=gen)
+    out = decode_attention(q, k, v, lengths, 128**-0.5)
+    ref = decode_attention_reference(q, k, v, lengths, 128**-0.5)
+    assert (out.float() - ref.float()).abs().max().item() < 2e-2  # bf16 output rounding
+    index = torch.randint(0, rows, (bsz, 300), device="cuda", generator=gen)
+    valid = torch.rand(bsz, 300, device="cuda", generator=gen) > 0.2
+    valid[:, 0] = True
+    out = decode_attention(q, k, v, None, 128**-0.5, index=index, valid=valid)
+    ref = decode_attention_reference(q, k, v, None, 128**-0.5, index=index, valid=valid)
+    assert (out.float() - ref.float()).abs().max().item() < 2e-2
+
+
+def test_kernel_decode_equals_sdpa_and_replays_from_a_cuda_graph(tmp_path: Path) -> None:
+    from deepserve.engine.model.attention import dense_attention, sdpa_attention, set_attention_fn
+    model = load_transformer(make_tiny_checkpoint(tmp_path / "m", "llama"), device="cuda")
+    model.setup_caches(3, 256)
+    tokens = torch.tensor([5, 7, 9], device="cuda")
+    positions = torch.tensor([200, 40, 0], device="cuda")
+    with torch.inference_mode():
+        for slot, n in enumerate((200, 40)):
+            prefill(model, torch.arange(3, 3 + n), slot)
+        set_attention_fn(model, sdpa_attention)
+        reference = decode_step(model, tokens, positions)
+        set_attention_fn(model, dense_attention)
+        model.fuse_projections()
+        eager = decode_step(model, tokens, positions)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            decode_step(model, tokens, positions)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = decode_step(model, tokens, positions)
+        graph.replay()
+        torch.cuda.synchronize()
+    torch.testing.assert_close(eager, reference, rtol=1e-4, atol=1e-4)  # fp32 tiny model
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)

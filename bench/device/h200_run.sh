@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine from the repository root: makes `deepserve` importable without
+# installing (a namespace-package shim), then runs the steps named as arguments, writing
+# logs and JSON to $OUT. Each step has its own time limit so one slow step cannot take
+# the others' output with it.
+#   bash bench/device/h200_run.sh tests attention decode       # call 1
+#   bash bench/device/h200_run.sh tests attention compiled     # call 2
+#   bash bench/device/h200_run.sh triton    # carry .whl (numpy 1.26, tritonclient, rapidjson)
+#       and .devcarry/th.tar.xz (tritonserver, Python backend, 3.12 stub, their libraries)
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" /tmp/shim/deepserve
+ln -sfn "$PWD/engine" /tmp/shim/deepserve/engine
+ln -sfn "$PWD/operator" /tmp/shim/deepserve/operator
+export PYTHONPATH=/tmp/shim${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$OUT/gpu.txt"
+for step in "$@"; do
+  echo "=== $step $(date +%T)"
+  case $step in
+    tests) timeout 150 python3 -m pytest -q -p no:cacheprovider --noconftest tests/unit/engine_part2/test_gpu.py 2>&1 | tail -15 | tee "$OUT/tests.log" ;;
+    attention) timeout 200 python3 bench/bench_decode_attention.py --out "$OUT/attention.json" 2>&1 | tee "$OUT/attention.log" ;;
+    decode) timeout 330 python3 bench/bench_h200.py --baseline --throughput-seqs 128 256 --out "$OUT/decode.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/decode.log" ;;
+    compiled) timeout 540 python3 bench/bench_h200.py --compile --tune --no-hf --skip-memory --throughput-seqs 256 --out "$OUT/compiled.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/compiled.log" ;;
+    throughput) timeout 300 python3 bench/bench_h200.py --batch --compile --tune --no-hf --skip-memory --throughput-seqs 256 --out "$OUT/throughput.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/throughput.log" ;;
+    triton)  # the Triton Python backend stub needs numpy<2 (NOTES.md): swap it in, last step;
+      # the stub runs Python isolated (no PYTHONPATH), so the shim goes in as a .pth file
+      python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl \
+        && tar -C /tmp -xJf .devcarry/th.tar.xz \
+        && echo /tmp/shim > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/deepserve-shim.pth" \
+        && DEEPSERVE_TRITON_HOME=/tmp/th timeout 420 python3 bench/bench_triton_overhead.py --compile --out "$OUT/triton.json" 2>&1 | grep -v "Loading weights" | tail -40 | tee "$OUT/triton.log" ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
+echo "=== done $(date +%T)"
