@@ -195,6 +195,97 @@ def bench_throughput(model: Transformer, seqs: int, prompt: int, output: int, de
             "prefill_tokens_per_s": seqs * prompt / t_prefill}
 
 
+def cuda_ms(fn: Callable[[], Any], iters: int = 20) -> float:
+    """Mean ms per call of ``fn`` replayed from a CUDA graph (launch overhead excluded)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(iters):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def aps_section(model: Transformer, a: argparse.Namespace, wbytes: int, kvb: int,
+                bw: float) -> dict[str, Any]:
+    """Adaptive precision on the 8B shape: fp8 vs bf16 on the model's GEMM shapes, then
+    decode speed, prefill time and output error of the whole model in each precision."""
+    from deepserve.engine.generate import prefill_batch
+    from deepserve.engine.precision import (
+        apply_adaptive_precision,
+        fp8_hardware_support,
+        fp8_linear,
+        quantize_activation,
+        quantize_weight,
+        relative_error,
+    )
+
+    native, reason = fp8_hardware_support("cuda")
+    out: dict[str, Any] = {"fp8_native": native, "fp8_reason": reason, "gemm": []}
+    args = model.args
+    hidden, inter = args.hidden_size, args.intermediate_size
+    qkv = (args.num_heads + 2 * args.num_kv_heads) * args.head_dim
+    shapes = {"qkv": (hidden, qkv), "o": (args.num_heads * args.head_dim, hidden),
+              "gate_up": (hidden, 2 * inter), "down": (inter, hidden)}
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    print(f"APS: fp8 {'torch._scaled_mm' if native else 'reference'} ({reason})", flush=True)
+    print(f"{'M':>5} {'GEMM':>8} {'bf16 ms':>8} {'fp8 ms':>8} {'x':>5} {'fp8 mm-only ms':>14} {'x':>5} "
+          f"{'rel err':>8}", flush=True)
+    for m in (1, 64, 2048, 16384):
+        for name, (k, n) in shapes.items():
+            x = torch.randn(m, k, device="cuda", generator=gen).bfloat16()
+            w = (torch.randn(n, k, device="cuda", generator=gen) / k**0.5).bfloat16()
+            q = quantize_weight(w)
+            xq, xs = quantize_activation(x)
+            t16 = cuda_ms(lambda x=x, w=w: x @ w.t())
+            t8 = cuda_ms(lambda x=x, q=q: fp8_linear(x, q, None, use_scaled_mm=native))
+            tmm = cuda_ms(lambda xq=xq, xs=xs, q=q: torch._scaled_mm(
+                xq, q.data.t(), scale_a=xs, scale_b=q.scale.t(), out_dtype=torch.bfloat16)) if native else float("nan")
+            err = relative_error(fp8_linear(x, q, None, use_scaled_mm=native).float(), x.float() @ w.float().t())
+            out["gemm"].append({"m": m, "gemm": name, "k": k, "n": n, "bf16_ms": t16, "fp8_ms": t8,
+                                "fp8_mm_only_ms": tmm, "rel_err": err})
+            print(f"{m:>5} {name:>8} {t16:8.4f} {t8:8.4f} {t16 / t8:5.2f} {tmm:14.4f} {t16 / tmm:5.2f} "
+                  f"{err:8.4f}", flush=True)
+    handle = apply_adaptive_precision(model, precisions=("bf16", "fp8"))
+    out["extra_GiB"] = handle.extra_bytes / 2**30
+    prompts = [torch.randint(0, args.vocab_size, (1000,), device="cuda", generator=gen) for _ in range(16)]
+    results: dict[str, Any] = {}
+    for precision in ("bf16", "fp8"):
+        with handle.use(precision), torch.no_grad():
+            model.setup_caches(16, 1100)
+            prefill_batch(model, prompts, list(range(16)))
+            sync("cuda")
+            t0 = time.perf_counter()
+            logits = prefill_batch(model, prompts, list(range(16)))
+            sync("cuda")
+            t_prefill = time.perf_counter() - t0
+            row: dict[str, Any] = {"prefill_16x1000_s": t_prefill, "logits": logits}
+            for b in (1, 64):
+                t = bench_decode(model, b, a.ctx, a.steps, "cuda", "graph")
+                row[f"decode_b{b}_tok_s"] = b / t
+        results[precision] = row
+    err = relative_error(results["fp8"]["logits"], results["bf16"]["logits"].float())
+    agree = float((results["fp8"]["logits"].argmax(-1) == results["bf16"]["logits"].argmax(-1)).float().mean())
+    for precision, row in results.items():
+        row.pop("logits")
+        print(f"APS {precision}: prefill 16x1000 {row['prefill_16x1000_s']:.3f} s; decode (graph) "
+              f"b1 {row['decode_b1_tok_s']:.1f} tok/s, b64 {row['decode_b64_tok_s']:.1f} tok/s", flush=True)
+    out.update({"model": results, "logit_rel_err_fp8_vs_bf16": err, "greedy_agreement": agree})
+    print(f"APS fp8 vs bf16 last-token logits: relative error {err:.4f}, same greedy token "
+          f"{100 * agree:.0f}% (random weights; bound 0.007)", flush=True)
+    return out
+
+
 def decode_rows(model: Transformer, a: argparse.Namespace, modes: list[str], variant: str,
                 wbytes: int, kvb: int, bw: float) -> list[dict[str, Any]]:
     rows = []
@@ -230,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--throughput-len", type=int, default=1000)
     ap.add_argument("--prefill-batch", type=int, default=16)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--aps", action="store_true",
+                    help="adaptive precision: fp8 vs bf16 GEMMs of the model, decode, prefill, error")
     ap.add_argument("--out", default="")
     a = ap.parse_args(argv)
     dev = a.device
@@ -271,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             peak.append({"batch": b, "max_seq": s, "peak_GiB": torch.cuda.max_memory_allocated() / 2**30})
         res["peak_memory"] = peak
         print("peak memory:", ", ".join(f"b{p['batch']}xS{p['max_seq']}={p['peak_GiB']:.1f}GiB" for p in peak), flush=True)
+    if a.aps and cuda:
+        res["aps"] = aps_section(model, a, wbytes, kvb, bw)
     res["throughput"] = []
     for seqs in a.throughput_seqs:
         n, length = (seqs, a.throughput_len) if not a.tiny else (4, 16)

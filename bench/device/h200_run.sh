@@ -22,6 +22,7 @@ for step in "$@"; do
     attention) timeout 200 python3 bench/bench_decode_attention.py --out "$OUT/attention.json" 2>&1 | tee "$OUT/attention.log" ;;
     decode) timeout 330 python3 bench/bench_h200.py --baseline --throughput-seqs 128 256 --out "$OUT/decode.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/decode.log" ;;
     compiled) timeout 540 python3 bench/bench_h200.py --compile --tune --no-hf --skip-memory --throughput-seqs 256 --out "$OUT/compiled.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/compiled.log" ;;
+    aps) timeout 280 python3 bench/bench_h200.py --batch --aps --no-hf --skip-memory --throughput-seqs --out "$OUT/aps.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/aps.log" ;;
     throughput) timeout 300 python3 bench/bench_h200.py --batch --compile --tune --no-hf --skip-memory --throughput-seqs 256 --out "$OUT/throughput.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/throughput.log" ;;
     triton)  # the Triton Python backend stub needs numpy<2 (NOTES.md): swap it in, last step;
       # the stub runs Python isolated (no PYTHONPATH), so the shim goes in as a .pth file

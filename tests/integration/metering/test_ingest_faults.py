@@ -27,7 +27,6 @@ WRITER = textwrap.dedent("""
     from datetime import UTC, datetime, timedelta
     from deepserve.engine.usage import UsageEvent
     from deepserve.operator.metering import UsageLedger
-from deepserve.operator.metering.base import EPOCH
     t0 = datetime(2026, 11, 1, 10, tzinfo=UTC)
     ledger = UsageLedger(sys.argv[1])
     i = int(sys.argv[2])
