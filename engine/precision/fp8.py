@@ -5,7 +5,11 @@ Weights are quantised once: per output channel (one float32 scale per row, the l
 checkpoint layout). Activations are quantised per token at run time. On GPUs whose
 knowledge-base entry supports fp8 (and compute capability >= 8.9) the matmul runs on
 fp8 tensor cores via ``torch._scaled_mm``; elsewhere a reference path dequantises and
-multiplies in float32 — identical numerics up to accumulation order, used on CPU.
+multiplies in float32 — identical numerics up to accumulation order, used on CPU. On GPUs,
+activations are quantised by one Triton kernel (``kernels.fp8_gemm.quantize_rows``) and
+decode-sized products (at most 16 rows) of per-channel weights use the weight-only fp8 GEMV
+(activations stay in 16 bits; half the weight bytes of bf16), since ``torch._scaled_mm`` is
+slower than a bf16 GEMV at those sizes.
 """
 
 from __future__ import annotations
@@ -16,6 +20,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from deepserve.engine.kernels.fp8_gemm import (
+    GEMV_MAX_ROWS,
+    fp8_weight_gemv,
+    fp8_weight_gemv_supported,
+    quantize_rows,
+    quantize_rows_supported,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +74,8 @@ def quantize_weight(weight: torch.Tensor, block: int = 0) -> Fp8Weight:
 
 def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantise ``x`` [M, K] per row: ``(fp8 [M, K], scale [M, 1] float32)``."""
+    if quantize_rows_supported(x):
+        return quantize_rows(x)
     scale = x.detach().abs().amax(dim=-1, keepdim=True).float().clamp_min(1e-12) / FP8_MAX
     return (x.float() / scale).to(FP8_DTYPE), scale
 
@@ -101,7 +114,16 @@ def scaled_mm_usable(weight: Fp8Weight) -> bool:
 
 def fp8_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None = None,
                use_scaled_mm: bool = False) -> torch.Tensor:
-    """fp8 linear layer: tensor-core path when allowed and usable, else the reference."""
+    """fp8 linear layer: weight-only GEMV for a few rows, tensor-core path when allowed and
+    usable, else the reference."""
+    rows = x.numel() // x.shape[-1]
+    if use_scaled_mm and not weight.block and rows <= GEMV_MAX_ROWS:
+        flat = x.reshape(rows, x.shape[-1])
+        if fp8_weight_gemv_supported(flat, weight.data):
+            out = fp8_weight_gemv(flat, weight.data, weight.scale)
+            if bias is not None:
+                out = out + bias.to(out.dtype)
+            return out.view(*x.shape[:-1], -1)
     if use_scaled_mm and scaled_mm_usable(weight):
         return fp8_linear_scaled_mm(x, weight, bias)
     return fp8_linear_reference(x, weight, bias)

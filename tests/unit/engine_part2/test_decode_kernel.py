@@ -203,3 +203,23 @@ def test_indexer_module_scores_use_the_kernel_for_decode(interpret: None,
         slow = indexer.scores(x, x, keys, cos, sin)
     assert fast.shape == slow.shape == (3, 1, 50)
     assert (fast - slow).abs().max().item() < 1e-4 * slow.abs().max().item()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_fp8_weight_gemv_kernel_equals_dequantised_product(interpret: None, rows: int) -> None:
+    from deepserve.engine.kernels.fp8_gemm import (
+        fp8_weight_gemv,
+        fp8_weight_gemv_supported,
+        quantize_rows_supported,
+    )
+    from deepserve.engine.precision import quantize_weight
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 200, generator=gen)
+    weight = quantize_weight(torch.randn(90, 200, generator=gen) / 14)
+    assert fp8_weight_gemv_supported(x, weight.data)
+    out = fp8_weight_gemv(x, weight.data, weight.scale)
+    ref = x @ weight.dequantize().t()
+    assert out.shape == (rows, 90)
+    assert (out - ref).abs().max().item() < 1e-4 * ref.abs().max().item() + 1e-5
+    assert not fp8_weight_gemv_supported(torch.randn(17, 200), weight.data)  # prefill-sized: no
+    assert not quantize_rows_supported(torch.randn(4, 64))  # CPU: the PyTorch path quantises

@@ -140,3 +140,22 @@ def test_kernel_decode_equals_sdpa_and_replays_from_a_cuda_graph(tmp_path: Path)
         torch.cuda.synchronize()
     torch.testing.assert_close(eager, reference, rtol=1e-4, atol=1e-4)  # fp32 tiny model
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_fp8_kernels_on_cuda_match_torch() -> None:
+    from deepserve.engine.kernels.fp8_gemm import fp8_weight_gemv, quantize_rows
+    from deepserve.engine.precision.fp8 import FP8_MAX
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(64, 4096, device="cuda", generator=gen).bfloat16()
+    x[3] = 0
+    xq, scale = quantize_rows(x)
+    ref_scale = x.float().abs().amax(-1, keepdim=True).clamp_min(1e-12) / FP8_MAX
+    torch.testing.assert_close(scale, ref_scale)
+    ref_q = (x.float() / ref_scale).to(torch.float8_e4m3fn)
+    assert (xq.float() != ref_q.float()).float().mean().item() < 1e-3  # same rounding (RNE)
+    w = quantize_weight(torch.randn(6144, 4096, device="cuda", generator=gen).bfloat16() / 64)
+    for rows in (1, 7, 16):
+        out = fp8_weight_gemv(x[:rows], w.data, w.scale)
+        ref = x[:rows].float() @ w.dequantize().t()
+        assert out.dtype == torch.bfloat16
+        assert relative_error(out, ref) < 1e-2  # bf16 output rounding only
