@@ -18,11 +18,16 @@ import argparse
 import json
 import math
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cuda_timing import graph_ms
 from deepserve.engine.kernels import decode_attention, flash_decode
 from deepserve.engine.model.args import ModelArgs
 from deepserve.engine.sparse.attention import select_with_bias, selection_bias
@@ -36,30 +41,13 @@ LLAMA_8B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidde
 
 def time_ms(fn: Callable[[], Any], device: str, iters: int) -> float:
     """Mean ms per call: replayed from a CUDA graph on GPU, plain calls on CPU."""
-    if device != "cuda":
-        fn()
-        import time
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        return (time.perf_counter() - t0) * 1e3 / iters
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+    if device == "cuda":
+        return graph_ms(fn, iters)
+    fn()
+    t0 = time.perf_counter()
     for _ in range(iters):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / iters
 
 
 def copy_bandwidth(device: str) -> float:

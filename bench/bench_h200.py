@@ -25,9 +25,13 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cuda_timing import capture, graph_ms
 from deepserve.engine.generate import decode_step, prefill_batch
 from deepserve.engine.model.args import ModelArgs
 from deepserve.engine.model.attention import dense_attention, sdpa_attention, set_attention_fn
@@ -98,15 +102,8 @@ def kv_bytes_per_token(args: ModelArgs, dtype_bytes: int) -> int:
 def cuda_graph_step(model: Transformer, tokens: torch.Tensor,
                     positions: torch.Tensor) -> Callable[[], torch.Tensor]:
     """Capture one decode step in a CUDA graph (static inputs); return its replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.no_grad():
-        for _ in range(3):
-            decode_step(model, tokens, positions)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
-        out = decode_step(model, tokens, positions)
+    with torch.no_grad():
+        graph, out = capture(lambda: decode_step(model, tokens, positions))
 
     def replay() -> torch.Tensor:
         graph.replay()
@@ -195,27 +192,6 @@ def bench_throughput(model: Transformer, seqs: int, prompt: int, output: int, de
             "prefill_tokens_per_s": seqs * prompt / t_prefill}
 
 
-def cuda_ms(fn: Callable[[], Any], iters: int = 20) -> float:
-    """Mean ms per call of ``fn`` replayed from a CUDA graph (launch overhead excluded)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graph.replay()
-    start.record()
-    for _ in range(iters):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
-
-
 def aps_section(model: Transformer, a: argparse.Namespace, wbytes: int, kvb: int,
                 bw: float) -> dict[str, Any]:
     """Adaptive precision on the 8B shape: fp8 vs bf16 on the model's GEMM shapes, then
@@ -247,9 +223,9 @@ def aps_section(model: Transformer, a: argparse.Namespace, wbytes: int, kvb: int
             w = (torch.randn(n, k, device="cuda", generator=gen) / k**0.5).bfloat16()
             q = quantize_weight(w)
             xq, xs = quantize_activation(x)
-            t16 = cuda_ms(lambda x=x, w=w: x @ w.t())
-            t8 = cuda_ms(lambda x=x, q=q: fp8_linear(x, q, None, use_scaled_mm=native))
-            tmm = cuda_ms(lambda xq=xq, xs=xs, q=q: torch._scaled_mm(
+            t16 = graph_ms(lambda x=x, w=w: x @ w.t())
+            t8 = graph_ms(lambda x=x, q=q: fp8_linear(x, q, None, use_scaled_mm=native))
+            tmm = graph_ms(lambda xq=xq, xs=xs, q=q: torch._scaled_mm(
                 xq, q.data.t(), scale_a=xs, scale_b=q.scale.t(), out_dtype=torch.bfloat16)) if native else float("nan")
             err = relative_error(fp8_linear(x, q, None, use_scaled_mm=native).float(), x.float() @ w.float().t())
             out["gemm"].append({"m": m, "gemm": name, "k": k, "n": n, "bf16_ms": t16, "fp8_ms": t8,

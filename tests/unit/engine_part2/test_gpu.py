@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,21 @@ from deepserve.engine.sparse import apply_sparse_attention
 from deepserve.engine.tiny import make_tiny_checkpoint
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")]
+
+
+def _replayed(step: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Warm ``step`` up on a side stream, capture it in a CUDA graph, replay once: its output."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    return out
 
 
 def test_scaled_mm_fp8_matches_the_reference_path() -> None:
@@ -77,16 +93,7 @@ def test_sync_free_sparse_decode_replays_from_a_cuda_graph(tmp_path: Path) -> No
         prefill(model, torch.arange(3, 83), 0)
         prefill(model, torch.arange(3, 43), 1)
         eager = decode_step(model, tokens, positions)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            decode_step(model, tokens, positions)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = decode_step(model, tokens, positions)
-        graph.replay()
-        torch.cuda.synchronize()
+        out = _replayed(lambda: decode_step(model, tokens, positions))
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
 
 
@@ -128,16 +135,7 @@ def test_kernel_decode_equals_sdpa_and_replays_from_a_cuda_graph(tmp_path: Path)
         set_attention_fn(model, dense_attention)
         model.fuse_projections()
         eager = decode_step(model, tokens, positions)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            decode_step(model, tokens, positions)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = decode_step(model, tokens, positions)
-        graph.replay()
-        torch.cuda.synchronize()
+        out = _replayed(lambda: decode_step(model, tokens, positions))
     torch.testing.assert_close(eager, reference, rtol=1e-4, atol=1e-4)  # fp32 tiny model
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
 
