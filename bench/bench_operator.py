@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -115,6 +116,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=8, help="client threads (the operator runs 8 workers)")
     ap.add_argument("--timeout", type=float, default=1200)
     ap.add_argument("--resync-seconds", type=float, default=600, help="operator's periodic resync")
+    ap.add_argument("--operator-args", default="", help="more flags for `deepserve operator run` (one string)")
     args = ap.parse_args()
     n = args.models
     with cluster(args.kubeconfig) as kubeconfig:
@@ -134,7 +136,8 @@ def main() -> int:
         with log.open("wb") as out:
             op = subprocess.Popen([sys.executable, "-m", "deepserve.operator.cli", "operator", "run",
                                    "--kubeconfig", kubeconfig, "-n", ns_op, "--standalone",
-                                   "--resync-seconds", str(args.resync_seconds)], stdout=out, stderr=subprocess.STDOUT)
+                                   "--resync-seconds", str(args.resync_seconds), *shlex.split(args.operator_args)],
+                                  stdout=out, stderr=subprocess.STDOUT)
         try:
             time.sleep(5)  # operator started and watching
             idle_rss, _ = rss_mib(op.pid)

@@ -1,14 +1,15 @@
 """The operator's side of the autoscaler: when a model's replica count is worth deciding.
 
-A kopf daemon per InferenceModel (see :mod:`deepserve.operator.controller.handlers`) keeps
-one :class:`ModelScaling` and calls :meth:`ModelScaling.step` every ``tick_s`` with the
-model's latest snapshot. Models with a fixed replica count (``minReplicas ==
+A kopf daemon per InferenceModel (see :mod:`deepserve.operator.controller.handlers`)
+registers one :class:`ModelScaling` with the operator's :class:`AutoscalerRounds`, which
+calls :meth:`ModelScaling.step` every ``tick_s`` with the model's latest snapshot. Models with a fixed replica count (``minReplicas ==
 maxReplicas``, no scale to zero) cost no API calls beyond an occasional HPA list: the
 autoscaler runs for them only when an HPA targets them, to report the external owner.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from deepserve.operator.autoscaler.decision import PolicyError
 from deepserve.operator.autoscaler.loop import AutoscalerOptions, ModelAutoscaler, TickResult
 from deepserve.operator.autoscaler.ownership import hpa_targeting
 from deepserve.operator.autoscaler.policy import policy_from_spec
-from deepserve.operator.kube import Kube
+from deepserve.operator.kube import Kube, KubeError
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +78,52 @@ class ModelScaling:
             self.kube.patch_status(API_VERSION, "InferenceModel", self.name, self.namespace, {"scaling": None})
             log.info("%s/%s: fixed replica count; status.scaling cleared", self.namespace, self.name)
         return None
+
+
+class AutoscalerRounds:
+    """Every model's autoscaler ticks in one loop: a round every ``tick_s``, a few models at a time.
+
+    A kopf daemon per model only registers its :class:`ModelScaling` here while it runs (kopf
+    stops daemons when the operator exits or a peer takes over, so a standby replica scales
+    nothing). Ticking inside each daemon instead cost memory per model: at 300 models the
+    daemons took 11 MiB (bench_operator.py with and without ``--autoscale-tick 0``).
+    A model's steps never overlap: a round waits for all of its steps.
+    """
+
+    def __init__(self, tick_s: float, model: Callable[[tuple[str, str]], Mapping[str, Any] | None],
+                 concurrency: int = 6) -> None:
+        self.tick_s = tick_s
+        self._model = model  # the latest snapshot of a model, None once it is gone
+        self._scalings: dict[tuple[str, str], ModelScaling] = {}
+        self._limit = asyncio.Semaphore(concurrency)
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, key: tuple[str, str], scaling: ModelScaling) -> None:
+        """Tick ``scaling`` from the next round on (starts the loop if it is not running)."""
+        self._scalings[key] = scaling
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="deepserve autoscaler rounds")
+
+    def remove(self, key: tuple[str, str], scaling: ModelScaling) -> None:
+        """Stop ticking ``scaling`` (a newer registration of the same model stays)."""
+        if self._scalings.get(key) is scaling:
+            del self._scalings[key]
+
+    async def _step(self, key: tuple[str, str], scaling: ModelScaling) -> None:
+        async with self._limit:
+            model = self._model(key)
+            if model is None or self._scalings.get(key) is not scaling:
+                return
+            try:
+                await asyncio.to_thread(scaling.step, model)
+            except KubeError as e:
+                log.warning("%s/%s: autoscaler tick failed: %s", *key, e)
+            except Exception:  # one bad tick must not end scaling for good
+                log.exception("%s/%s: autoscaler tick failed", *key)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._scalings:
+            started = loop.time()
+            await asyncio.gather(*(self._step(k, s) for k, s in list(self._scalings.items())))
+            await asyncio.sleep(max(0.0, self.tick_s - (loop.time() - started)))

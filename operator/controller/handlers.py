@@ -1,7 +1,8 @@
 """kopf handlers: thin glue from watch events to the one idempotent reconcile.
 
-Create, update, resume (operator restart) and a periodic timer on InferenceModels, and
-every event of an owned object (drift, deletes, rollout progress), all run
+Create, update, resume (operator restart) and a periodic resync (one light daemon per model,
+which also registers its autoscaler with one shared loop) on InferenceModels, and every event
+of an owned object (drift, deletes, rollout progress), all run
 :func:`deepserve.operator.controller.reconcile.reconcile` for the model. Indexes keep small
 projections of owned objects, nodes, GPU pods and GPUNodePools in memory.
 """
@@ -26,7 +27,7 @@ from deepserve.operator.autoscaler.io import ActivatorHeld
 from deepserve.operator.autoscaler.loop import AutoscalerOptions
 from deepserve.operator.builders import Settings
 from deepserve.operator.builders.context import LABEL_MODEL, MANAGED_BY
-from deepserve.operator.controller.autoscaling import ModelScaling
+from deepserve.operator.controller.autoscaling import AutoscalerRounds, ModelScaling
 from deepserve.operator.controller.observed import (
     child_ref,
     deployment_state,
@@ -103,6 +104,7 @@ class ControllerState:
     planning: threading.Lock = field(default_factory=threading.Lock)  # one new placement at a time
     reservations: dict[str, Reservation] = field(default_factory=dict)  # model uid -> GPUs promised
     held: Callable[[str, str], int] | None = None  # requests the activators hold, per (namespace, model)
+    rounds: AutoscalerRounds | None = None  # every model's autoscaler tick, made by the first daemon
 
     def reserved(self, gpu_pods: list[dict[str, Any]], exclude_uid: str | None = None) -> dict[str, int]:
         """GPUs per pool promised to new placements of other models and not yet held by their pods.
@@ -251,7 +253,7 @@ def _echo_or_unchanged(event_type: str, body: Any, state: ControllerState) -> bo
             return False  # unknown to this process, or edited by someone else
         if kind != "Deployment":
             return True
-        projection = deployment_state(plain(body))
+        projection = deployment_state(body)
     key = (ns, kind, name)
     if state.projections.get(key) == projection:
         return True
@@ -274,22 +276,74 @@ async def _owned_event(event: Any, body: Any, memo: Any, **kwargs: Any) -> None:
         log.warning("%s/%s: reconcile after %s event failed: %s", *key, body.get("kind"), e)
 
 
-async def _autoscale(options: AutoscalerOptions, name: str, namespace: str, memo: Any, stopped: kopf.DaemonStopped,
-                     **kwargs: Any) -> None:
-    """Daemon body: one ModelScaling per model, a tick every ``tick_s`` until stopped or the model is gone."""
+DAEMON_CHECK_S = 30.0  # how often a model's daemon looks whether its model is still there
+
+
+async def _model_daemon(options: OperatorOptions, name: str, namespace: str, memo: Any, stopped: kopf.DaemonStopped,
+                        **kwargs: Any) -> None:
+    """Daemon body, one per model: register its autoscaler with the shared rounds and run the
+    periodic resync, until stopped or the model is gone.
+
+    One light daemon instead of a kopf timer plus a ticking daemon per model: each spawned
+    kopf task with its timers costs memory per model (bench_operator.py, docs/operator.md).
+    """
     state: ControllerState = memo.deepserve
     key, models = (namespace, name), kwargs["ds_models"]
-    scaling = ModelScaling(state.kube, namespace, name, options,
-                           pools=lambda: state.pools.get(lambda: discovered_pools(kwargs)), ranked=ranked_candidates,
-                           held=state.held)
-    while key in models and not stopped:  # kopf may not stop daemons of objects deleted without a finalizer
-        try:
-            await asyncio.to_thread(scaling.step, next(iter(models[key])))
-        except KubeError as e:
-            log.warning("%s/%s: autoscaler tick failed: %s", namespace, name, e)
-        except Exception:  # one bad tick must not end scaling for good
-            log.exception("%s/%s: autoscaler tick failed", namespace, name)
-        await stopped.wait(options.tick_s)
+    scaling = None
+    if options.autoscaler is not None:
+        if state.rounds is None:
+            state.rounds = AutoscalerRounds(options.autoscaler.tick_s,
+                                            lambda k: next(iter(models[k]), None) if k in models else None)
+        scaling = ModelScaling(state.kube, namespace, name, options.autoscaler,
+                               pools=lambda: state.pools.get(lambda: discovered_pools(kwargs)),
+                               ranked=ranked_candidates, held=state.held)
+        state.rounds.add(key, scaling)
+    loop = asyncio.get_running_loop()
+    resync_at = loop.time() + options.resync_seconds if options.resync_seconds > 0 else float("inf")
+    try:
+        while key in models and not stopped:  # kopf may not stop daemons of objects deleted without a finalizer
+            await stopped.wait(max(0.0, min(DAEMON_CHECK_S, resync_at - loop.time())))
+            if stopped or key not in models or loop.time() < resync_at:
+                continue
+            resync_at = loop.time() + options.resync_seconds
+            try:
+                await asyncio.to_thread(run_reconcile, next(iter(models[key])), kwargs, state)
+            except Exception as e:  # the next resync and the next watch event retry
+                log.warning("%s/%s: periodic resync failed: %s", namespace, name, e)
+    finally:
+        if scaling is not None and state.rounds is not None:
+            state.rounds.remove(key, scaling)
+
+
+# Index functions are coroutines although they do no I/O: kopf runs a plain function on its
+# thread pool, so every watch event of every object would take a thread hop per index while
+# its full body waits in kopf's per-object queue. They read the body in place (no deep copy).
+async def _index_model(body: Any, **_: Any) -> dict[Any, Any]:
+    return {(body["metadata"]["namespace"], body["metadata"]["name"]): model_snapshot(body)}
+
+
+async def _index_child(body: Any, **_: Any) -> dict[Any, Any] | None:
+    return {k: child_ref(body)} if (k := owner_key(body)) else None
+
+
+async def _index_deployment_state(body: Any, **_: Any) -> dict[Any, Any] | None:
+    return {k: deployment_state(body)} if (k := owner_key(body)) else None
+
+
+async def _index_model_pod(body: Any, **_: Any) -> dict[Any, Any] | None:
+    return {k: pod_state(body)} if (k := owner_key(body)) else None
+
+
+async def _index_gpu_pod(body: Any, **_: Any) -> dict[Any, Any] | None:
+    return {None: p} if (p := gpu_pod_snapshot(body)) else None
+
+
+async def _index_node(body: Any, **_: Any) -> dict[Any, Any]:
+    return {None: node_snapshot(body)}
+
+
+async def _index_pool(body: Any, **_: Any) -> dict[Any, Any]:
+    return {None: plain(body)}
 
 
 def _index(registry: kopf.OperatorRegistry, resource: tuple[str, str, str], id_: str,
@@ -301,9 +355,9 @@ def _without_finalizer(registry: kopf.OperatorRegistry, handler_id: str) -> None
     """Let a timer or daemon run without kopf's finalizer.
 
     kopf marks every timer and daemon as needing a finalizer (kopf/on.py), so deleting a
-    model would hang while the operator is down. Neither the resync timer nor the
-    autoscaler daemon cleans up anything outside the cluster; the daemon ends by itself
-    when its model leaves the index.
+    model would hang while the operator is down. Neither the model daemon (resync and
+    autoscaler) nor the pool status timer cleans up anything outside the cluster; the model
+    daemon ends by itself when its model leaves the index.
     """
     spawning = registry._spawning
     spawning._handlers = [dataclasses.replace(h, requires_finalizer=False) if h.id == handler_id else h
@@ -340,47 +394,34 @@ def register(registry: kopf.OperatorRegistry, options: OperatorOptions, gateway_
     def close(memo: Any, **_: Any) -> None:
         memo.deepserve.kube.close()
 
-    _index(registry, MODELS, "ds_models", lambda body, **_: {(body["metadata"]["namespace"],
-                                                               body["metadata"]["name"]): model_snapshot(body)})
+    _index(registry, MODELS, "ds_models", _index_model)
     for plural, (group, version) in CHILD_KINDS.items():
-        _index(registry, (group, version, plural), f"ds_{plural}",
-               lambda body, **_: {k: child_ref(plain(body))} if (k := owner_key(body)) else None, MANAGED)
+        _index(registry, (group, version, plural), f"ds_{plural}", _index_child, MANAGED)
         kopf.on.event(group, version, plural, registry=registry, labels=MANAGED,
                       id=f"ds_owned_{plural}")(_owned_event)
     if gateway_api:
-        _index(registry, ROUTES, "ds_httproutes",
-               lambda body, **_: {k: child_ref(plain(body))} if (k := owner_key(body)) else None, MANAGED)
+        _index(registry, ROUTES, "ds_httproutes", _index_child, MANAGED)
         kopf.on.event(*ROUTES, registry=registry, labels=MANAGED, id="ds_owned_httproutes")(_owned_event)
-    _index(registry, ("apps", "v1", "deployments"), "ds_deployment_states",
-           lambda body, **_: {k: deployment_state(plain(body))} if (k := owner_key(body)) else None, MANAGED)
-    _index(registry, ("", "v1", "pods"), "ds_model_pods",
-           lambda body, **_: {k: pod_state(plain(body))} if (k := owner_key(body)) else None, MANAGED)
+    _index(registry, ("apps", "v1", "deployments"), "ds_deployment_states", _index_deployment_state, MANAGED)
+    _index(registry, ("", "v1", "pods"), "ds_model_pods", _index_model_pod, MANAGED)
     kopf.on.event("", "v1", "pods", registry=registry, labels=MANAGED, id="ds_owned_pods")(_owned_event)
-    _index(registry, ("", "v1", "pods"), "ds_gpu_pods",
-           lambda body, **_: {None: p} if (p := gpu_pod_snapshot(body)) else None)
-    _index(registry, ("", "v1", "nodes"), "ds_nodes", lambda body, **_: {None: node_snapshot(body)})
-    _index(registry, (GROUP, VERSION, "gpunodepools"), "ds_pools", lambda body, **_: {None: plain(body)})
+    _index(registry, ("", "v1", "pods"), "ds_gpu_pods", _index_gpu_pod)
+    _index(registry, ("", "v1", "nodes"), "ds_nodes", _index_node)
+    _index(registry, (GROUP, VERSION, "gpunodepools"), "ds_pools", _index_pool)
 
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         decorator(*MODELS, registry=registry, id=f"ds_reconcile_{decorator.__name__}")(_model_handler)
-    if options.resync_seconds > 0:
-        kopf.timer(*MODELS, registry=registry, interval=options.resync_seconds,
-                   initial_delay=options.resync_seconds, id="ds_resync")(_model_handler)
-        _without_finalizer(registry, "ds_resync")
-
-    if options.autoscaler is not None:
-        scaler_options = options.autoscaler
-
-        # stop: the flag first (a tick in flight finishes, up to the 1 s scrape timeout), then cancel
-        @kopf.daemon(*MODELS, registry=registry, id="ds_autoscaler", cancellation_backoff=3, cancellation_timeout=5)
-        async def autoscaler(name: str, namespace: str | None, memo: Any, stopped: kopf.DaemonStopped,
+    if options.resync_seconds > 0 or options.autoscaler is not None:
+        # stop: the daemon only leaves the shared rounds; a tick or resync in flight finishes
+        @kopf.daemon(*MODELS, registry=registry, id="ds_model_loop", cancellation_backoff=3, cancellation_timeout=5)
+        async def model_loop(name: str, namespace: str | None, memo: Any, stopped: kopf.DaemonStopped,
                              **kwargs: Any) -> None:
-            await _autoscale(scaler_options, name, namespace or "", memo, stopped, **kwargs)
+            await _model_daemon(options, name, namespace or "", memo, stopped, **kwargs)
 
-        _without_finalizer(registry, "ds_autoscaler")
+        _without_finalizer(registry, "ds_model_loop")
 
     @kopf.on.event(*MODELS, registry=registry, id="ds_forget")
-    def forget(event: Any, body: Any, memo: Any, **_: Any) -> None:
+    async def forget(event: Any, body: Any, memo: Any, **_: Any) -> None:
         if event.get("type") == "DELETED":
             md = body.get("metadata", {})
             memo.deepserve.forget((md.get("namespace"), md.get("name")), md.get("uid"))

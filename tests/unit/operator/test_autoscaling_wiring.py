@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 import kopf
@@ -10,7 +11,11 @@ import pytest
 from deepserve.operator.autoscaler.loop import AutoscalerOptions
 from deepserve.operator.commands import operator as operator_cmd
 from deepserve.operator.controller import handlers
-from deepserve.operator.controller.autoscaling import ModelScaling, scaling_enabled
+from deepserve.operator.controller.autoscaling import (
+    AutoscalerRounds,
+    ModelScaling,
+    scaling_enabled,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -93,12 +98,12 @@ def _spawning(registry: kopf.OperatorRegistry) -> dict[str, Any]:
 def test_daemon_is_registered_without_a_finalizer_and_can_be_turned_off() -> None:
     registry = kopf.OperatorRegistry()
     handlers.register(registry, handlers.OperatorOptions(), gateway_api=False)
-    daemon = _spawning(registry)["ds_autoscaler"]
+    daemon = _spawning(registry)["ds_model_loop"]  # autoscaler and periodic resync
     assert daemon.requires_finalizer is False  # deleting a model never waits for the operator
     assert not any(h.requires_finalizer for h in registry._spawning._handlers)
     off = kopf.OperatorRegistry()
-    handlers.register(off, handlers.OperatorOptions(autoscaler=None), gateway_api=False)
-    assert "ds_autoscaler" not in _spawning(off)
+    handlers.register(off, handlers.OperatorOptions(autoscaler=None, resync_seconds=0), gateway_api=False)
+    assert "ds_model_loop" not in _spawning(off)
 
 
 def _run_args(*argv: str) -> argparse.Namespace:
@@ -142,3 +147,39 @@ def test_activator_flags_are_checked() -> None:
         args = _run_args("--activator", bad)
         with pytest.raises(SystemExit, match="expected NAMESPACE=http"):
             operator_cmd._run(args)
+
+
+def test_shared_rounds_tick_each_registered_model_until_it_leaves() -> None:
+    """One loop ticks every model's ModelScaling with its latest snapshot; removed or gone models stop."""
+    steps: list[tuple[str, Any]] = []
+    snapshots: dict[tuple[str, str], dict[str, Any]] = {("ns", "a"): {"v": 1}, ("ns", "b"): {"v": 2}}
+
+    class Counting:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def step(self, model: Any) -> None:
+            steps.append((self.name, model["v"]))
+
+    async def scenario() -> None:
+        rounds = AutoscalerRounds(0.0, snapshots.get)
+        a, b = Counting("a"), Counting("b")
+        rounds.add(("ns", "a"), a)  # type: ignore[arg-type]
+        rounds.add(("ns", "b"), b)  # type: ignore[arg-type]
+        while len(steps) < 4:
+            await asyncio.sleep(0.001)
+        rounds.remove(("ns", "a"), a)  # type: ignore[arg-type]
+        del snapshots[("ns", "b")]  # the model is gone: no tick, though still registered
+        seen = len(steps)
+        for _ in range(20):
+            await asyncio.sleep(0.001)
+        assert len(steps) <= seen + 2  # at most the round in flight
+        rounds.remove(("ns", "b"), b)  # type: ignore[arg-type]
+        for _ in range(100):  # nothing left to tick: the loop ends
+            if rounds._task is not None and rounds._task.done():
+                break
+            await asyncio.sleep(0.001)
+        assert rounds._task is not None and rounds._task.done()
+
+    asyncio.run(scenario())
+    assert {("a", 1), ("b", 2)} <= set(steps)
