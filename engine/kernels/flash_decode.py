@@ -45,6 +45,11 @@ def _interpreting() -> bool:
     return RUN_ON_CPU and os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def runs_on(t: torch.Tensor) -> bool:
+    """Whether this package's kernels can run on ``t``'s device (CUDA, or the interpreter)."""
+    return triton is not None and (t.is_cuda or _interpreting())
+
+
 def decode_attention_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether :func:`decode_attention` handles these shapes on this device.
 
@@ -52,7 +57,7 @@ def decode_attention_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     device (or the Triton interpreter), D and Dv at most 256 and at most 64 query heads per
     KV head (MLA's 576-wide latent keys with all heads on one KV head fall back).
     """
-    if triton is None or not (q.is_cuda or _interpreting()):
+    if not runs_on(q):
         return False
     if q.dim() != 3 or k.dim() != 4 or v.dim() != 4 or k.shape[1] == 0:
         return False
@@ -189,7 +194,8 @@ def _kernels() -> tuple[Any, Any]:
     return partial_kernel, combine_kernel
 
 
-def _pow2(n: int, floor: int = 1) -> int:
+def pow2(n: int, floor: int = 1) -> int:
+    """The smallest power of two >= ``n`` and >= ``floor`` (Triton block sizes)."""
     return max(floor, 1 << (max(1, n) - 1).bit_length())
 
 
@@ -204,7 +210,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Te
         k, v = k.contiguous(), v.contiguous()
     rows = index.shape[1] if index is not None else k.shape[2]
     splits, chunk = _splits(bsz, kv_heads, rows, q.device)
-    dvp = _pow2(dim_v, 16)
+    dvp = pow2(dim_v, 16)
     acc = torch.empty(bsz * heads * splits * dvp, dtype=torch.float32, device=q.device)
     mx = torch.empty(bsz * heads * splits, dtype=torch.float32, device=q.device)
     sm = torch.empty_like(mx)
@@ -215,17 +221,17 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Te
                  else valid.contiguous())
         lens = torch.full((bsz,), rows, dtype=torch.int32, device=q.device)
     else:
-        lens = lengths.to(torch.int32)
+        lens = lengths if lengths.dtype == torch.int32 else lengths.to(torch.int32)
     partial_kernel[(bsz, kv_heads, splits)](
         q, k, v, lens, index if index is not None else lens, valid if valid is not None else lens,
         acc, mx, sm, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), index.stride(0) if index is not None else 0,
         heads, chunk, scale,
-        G=group, GP=_pow2(group, 16), D=dim, DP=_pow2(dim, 16), DV=dim_v, DVP=dvp,
+        G=group, GP=pow2(group, 16), D=dim, DP=pow2(dim, 16), DV=dim_v, DVP=dvp,
         SPLITS=splits, BLOCK=BLOCK_N, HAS_INDEX=index is not None, IEEE=q.dtype == torch.float32)
     out = torch.empty(bsz, heads, dim_v, dtype=q.dtype, device=q.device)
     combine_kernel[(bsz, heads)](acc, mx, sm, out, out.stride(0), out.stride(1), heads,
-                                 SPLITS=splits, SP=_pow2(splits), DV=dim_v, DVP=dvp)
+                                 SPLITS=splits, SP=pow2(splits), DV=dim_v, DVP=dvp)
     return out
 
 

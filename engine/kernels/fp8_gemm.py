@@ -17,8 +17,7 @@ import os
 from typing import Any
 
 import torch
-from deepserve.engine.kernels import flash_decode
-from deepserve.engine.kernels.flash_decode import tl, triton
+from deepserve.engine.kernels.flash_decode import pow2, runs_on, tl, triton
 
 FP8_MAX = 448.0
 GEMV_MAX_ROWS = 16
@@ -27,10 +26,6 @@ GEMV_TUNING = [  # (BLOCK_N, BLOCK_K, SPLIT_K, warps, stages)
     (128, 256, 1, 8, 4), (64, 256, 4, 4, 4), (16, 1024, 2, 4, 3), (32, 1024, 4, 8, 3),
     (16, 512, 8, 4, 4),
 ]
-
-
-def _runs_here(t: torch.Tensor) -> bool:
-    return triton is not None and (t.is_cuda or flash_decode._interpreting())
 
 
 def quantize_rows_supported(x: torch.Tensor) -> bool:
@@ -43,7 +38,7 @@ def quantize_rows_supported(x: torch.Tensor) -> bool:
 
 def fp8_weight_gemv_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """``x`` [M <= 16, K] and an fp8 ``weight`` [N, K] on a device the kernel runs on."""
-    return (_runs_here(x) and x.dim() == 2 and 0 < x.shape[0] <= GEMV_MAX_ROWS
+    return (runs_on(x) and x.dim() == 2 and 0 < x.shape[0] <= GEMV_MAX_ROWS
             and weight.dim() == 2 and weight.shape[1] == x.shape[1]
             and weight.dtype == torch.float8_e4m3fn)
 
@@ -98,9 +93,6 @@ def _kernels() -> tuple[Any, Any]:
     return quant_kernel, gemv_kernel
 
 
-def _pow2(n: int, floor: int) -> int:
-    return max(floor, 1 << (max(1, n) - 1).bit_length())
-
 
 @torch.library.custom_op("deepserve::quantize_rows", mutates_args=())
 def _quantize_rows_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +100,7 @@ def _quantize_rows_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = x.shape
     xq = torch.empty(rows, cols, dtype=torch.float8_e4m3fn, device=x.device)
     scale = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
-    block = _pow2(cols, 16)
+    block = pow2(cols, 16)
     _kernels()[0][(rows,)](x, xq, scale, x.stride(0), xq.stride(0), cols, BLOCK=block,
                            num_warps=8 if block >= 4096 else 4)
     return xq, scale

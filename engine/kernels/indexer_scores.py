@@ -14,8 +14,7 @@ import os
 from typing import Any
 
 import torch
-from deepserve.engine.kernels import flash_decode
-from deepserve.engine.kernels.flash_decode import tl, triton
+from deepserve.engine.kernels.flash_decode import pow2, runs_on, tl, triton
 
 BLOCK_S = 128  # keys per program under the interpreter; on GPUs autotuned (below)
 TUNING = [(128, 4), (256, 4), (256, 8), (512, 8)]  # (keys per program, warps)
@@ -25,7 +24,7 @@ MAX_DIM = 256
 
 def indexer_scores_supported(q: torch.Tensor, keys: torch.Tensor) -> bool:
     """``q`` [B, Hi, Dk] and ``keys`` [B, S, Dk] on a device the kernel runs on."""
-    if triton is None or not (q.is_cuda or flash_decode._interpreting()):
+    if not runs_on(q):
         return False
     return (q.dim() == 3 and keys.dim() == 3 and q.shape[0] == keys.shape[0]
             and q.shape[-1] == keys.shape[-1] <= MAX_DIM and q.shape[1] <= MAX_HEADS
@@ -72,9 +71,6 @@ def _kernel() -> Any:
         key=["H", "D"])(scores_kernel)
 
 
-def _pow2(n: int, floor: int) -> int:
-    return max(floor, 1 << (max(1, n) - 1).bit_length())
-
 
 @torch.library.custom_op("deepserve::indexer_scores", mutates_args=())
 def _indexer_scores_op(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -87,7 +83,7 @@ def _indexer_scores_op(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tenso
     kernel = _kernel()
     args = (q, weights, keys, out, q.stride(0), q.stride(1), weights.stride(0), keys.stride(0),
             keys.stride(1), out.stride(0), rows)
-    shape = {"H": heads, "HP": _pow2(heads, 16), "D": dim, "DP": _pow2(dim, 16),
+    shape = {"H": heads, "HP": pow2(heads, 16), "D": dim, "DP": pow2(dim, 16),
              "IEEE": q.dtype == torch.float32}
     if isinstance(kernel, triton.runtime.Autotuner):
         kernel[lambda meta: (bsz, triton.cdiv(rows, meta["BLOCK"]))](*args, **shape)

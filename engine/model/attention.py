@@ -35,7 +35,8 @@ class AttentionBatch:
     order); ``mask`` [B, 1, T, S] True where a query may attend a cache position;
     ``cos``/``sin`` [B, T, rope_dim] rotary tables at ``positions``. ``fresh``: every
     sequence starts at position 0 with positions ``0..T-1`` (a prefill with nothing cached
-    before it), so the new tokens are the whole context.
+    before it), so the new tokens are the whole context. ``decode_lengths``: for one-token
+    passes, the rows each query attends, computed once per pass for every layer.
     """
 
     positions: torch.Tensor
@@ -44,6 +45,7 @@ class AttentionBatch:
     cos: torch.Tensor
     sin: torch.Tensor
     fresh: bool = False
+    decode_lengths: torch.Tensor | None = None  # [B] int32 position + 1 of one-token passes
 
 
 class AttentionFn(Protocol):
@@ -74,7 +76,9 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if seqlen == 1:
         q1 = q[:, :, 0]
         if decode_attention_supported(q1, k, v):
-            lengths = batch.positions[:, 0] + 1
+            lengths = batch.decode_lengths
+            if lengths is None:
+                lengths = batch.positions[:, 0] + 1
             return decode_attention(q1, k, v, lengths, scale)[:, :, None]
     elif batch.fresh and seqlen <= k.shape[2]:
         return F.scaled_dot_product_attention(

@@ -118,7 +118,8 @@ class Transformer(nn.Module):
         mask = cache_positions.view(1, 1, 1, -1) <= positions[:, None, :, None]  # [B, 1, T, S]
         batch = AttentionBatch(positions=positions, slots=slots, mask=mask,
                                cos=self.rope_cos[positions], sin=self.rope_sin[positions],
-                               fresh=fresh)
+                               fresh=fresh, decode_lengths=(positions[:, 0] + 1).to(torch.int32)
+                               if tokens.shape[1] == 1 else None)
         x = self.model.embed_tokens(tokens)  # [B, T, D]
         for layer in self.model.layers:
             x = layer(x, batch)
