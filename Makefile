@@ -51,8 +51,8 @@ test-e2e: tools ## the whole flow: chart, operator, real Triton processes
 	$(PYTEST) tests/e2e -m "not gpu" $(PYTEST_ARGS)
 
 lint: setup ## ruff, mypy and the import-linter layer contracts
-	$(VENV)/bin/ruff check operator engine tests bench
-	$(VENV)/bin/mypy operator engine
+	$(VENV)/bin/ruff check deepserve tests bench
+	$(VENV)/bin/mypy deepserve
 	$(VENV)/bin/lint-imports
 
 verify: setup ## regenerate CRDs (and the chart's copy) and fail on drift

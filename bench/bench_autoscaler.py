@@ -23,6 +23,7 @@ import time
 
 import aiohttp
 from aiohttp import web
+
 from deepserve.operator.activator import Activator, ActivatorConfig, Routes
 from deepserve.operator.autoscaler import (
     Observation,

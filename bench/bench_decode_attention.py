@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cuda_timing import graph_ms
+
 from deepserve.engine.kernels import decode_attention, flash_decode
 from deepserve.engine.model.args import ModelArgs
 from deepserve.engine.sparse.attention import select_with_bias, selection_bias

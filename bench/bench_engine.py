@@ -31,9 +31,10 @@ def sync(device: str) -> None:
 
 def make_1b_checkpoint(out: Path) -> Path:
     """A random checkpoint with Llama-3.2-1B's shape (1.24 B params, bf16 on disk)."""
+    from safetensors.torch import save_file
+
     from deepserve.engine.model.args import ModelArgs
     from deepserve.engine.tiny import make_tiny_checkpoint, random_state_dict
-    from safetensors.torch import save_file
 
     make_tiny_checkpoint(out, "llama")  # tokenizer and file layout
     config = json.loads((out / "config.json").read_text())
@@ -55,6 +56,7 @@ def make_1b_checkpoint(out: Path) -> Path:
 def parity_on_device(tmp: Path, device: str) -> None:
     """Tiny checkpoints: logits and greedy tokens vs transformers, both on ``device`` in fp32."""
     import transformers
+
     from deepserve.engine.checkpoint import load_transformer
     from deepserve.engine.tiny import TINY_ARCHITECTURES, make_tiny_checkpoint
 

@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cuda_timing import capture, graph_ms
+
 from deepserve.engine.generate import decode_step, prefill_batch
 from deepserve.engine.model.args import ModelArgs
 from deepserve.engine.model.attention import dense_attention, sdpa_attention, set_attention_fn

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from deepserve.operator.api.views import InferenceModelSpec
 from deepserve.operator.builders import (
     BuildContext,

@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import small_lm
+
 from deepserve.engine.precision import (
     PrecisionScheduler,
     apply_adaptive_precision,

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+
 from deepserve.engine.build import build_engine
 from deepserve.engine.options import EngineOptions
 from deepserve.engine.runtime import InferenceEngine

@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import small_lm
+
 from deepserve.engine.generate import decode_step
 from deepserve.engine.model.args import ModelArgs
 from deepserve.engine.model.transformer import Transformer

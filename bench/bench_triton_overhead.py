@@ -35,9 +35,10 @@ PROMPT = "Measure the serving overhead of one token at a time, " * 4
 def make_checkpoint(out: Path, tiny: bool) -> Path:
     """The benchmark checkpoint; special and out-of-vocabulary logits pinned at zero, which
     random logits almost always exceed, so they are never the greedy choice."""
-    from deepserve.engine.tiny import make_tiny_checkpoint
     from safetensors.torch import load_file, save_file
     from tokenizers import Tokenizer
+
+    from deepserve.engine.tiny import make_tiny_checkpoint
 
     if tiny:
         make_tiny_checkpoint(out, "llama", seed=1)
@@ -96,6 +97,7 @@ def request_row(t0: float, stamps: list[float], generated: int) -> dict[str, flo
 def served(options: Any, tokens: int, repeats: int, work: Path) -> dict[str, float]:
     import numpy as np
     import tritonclient.grpc as grpcclient
+
     from deepserve.engine.triton.local import LocalTriton
     from deepserve.engine.triton.repository import write_model_repository
 

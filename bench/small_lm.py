@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from deepserve.engine.model.args import ModelArgs
 from deepserve.engine.model.transformer import Transformer
 

@@ -76,7 +76,7 @@ resolve_tools() {
   [[ -n "$HELM" ]] || die "helm not found on PATH or in the toolchain (\`make tools\`)"
   [[ -n "$KUBECTL" ]] || die "kubectl not found on PATH or in the toolchain (\`make tools\`)"
   local f
-  for f in operator/Dockerfile engine/Dockerfile hack/kind-config.yaml charts/deepserve/Chart.yaml; do
+  for f in deepserve/operator/Dockerfile deepserve/engine/Dockerfile hack/kind-config.yaml charts/deepserve/Chart.yaml; do
     if [[ ! -f "$f" ]]; then
       [[ "$DRY_RUN" == 1 ]] || die "$f is missing"
       echo "e2e-kind: warning: $f is missing" >&2
@@ -115,8 +115,8 @@ cleanup() {
 build_images() {
   if [[ "${SKIP_BUILD:-0}" == 1 ]]; then log "SKIP_BUILD=1: using existing images"; return 0; fi
   log "building images"
-  run "$DOCKER" build -f operator/Dockerfile -t "$OPERATOR_IMAGE:$TAG" .
-  run "$DOCKER" build -f engine/Dockerfile -t "$ENGINE_IMAGE:$TAG" .
+  run "$DOCKER" build -f deepserve/operator/Dockerfile -t "$OPERATOR_IMAGE:$TAG" .
+  run "$DOCKER" build -f deepserve/engine/Dockerfile -t "$ENGINE_IMAGE:$TAG" .
 }
 
 create_cluster() {

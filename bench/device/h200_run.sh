@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root: makes `deepserve` importable without
-# installing (a namespace-package shim), then runs the steps named as arguments, writing
+# installing (the repository root on PYTHONPATH, or a .pth file for Triton's stub), then runs the steps named as arguments, writing
 # logs and JSON to $OUT. Each step has its own time limit so one slow step cannot take
 # the others' output with it.
 #   bash bench/device/h200_run.sh tests attention decode       # call 1
@@ -9,10 +9,8 @@
 #       and .devcarry/th.tar.xz (tritonserver, Python backend, 3.12 stub, their libraries)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT" /tmp/shim/deepserve
-ln -sfn "$PWD/engine" /tmp/shim/deepserve/engine
-ln -sfn "$PWD/operator" /tmp/shim/deepserve/operator
-export PYTHONPATH=/tmp/shim${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$OUT/gpu.txt"
 for step in "$@"; do
@@ -28,7 +26,7 @@ for step in "$@"; do
       # the stub runs Python isolated (no PYTHONPATH), so the shim goes in as a .pth file
       python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl \
         && tar -C /tmp -xJf .devcarry/th.tar.xz \
-        && echo /tmp/shim > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/deepserve-shim.pth" \
+        && echo "$PWD" > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/deepserve-shim.pth" \
         && DEEPSERVE_TRITON_HOME=/tmp/th timeout 420 python3 bench/bench_triton_overhead.py --compile --out "$OUT/triton.json" 2>&1 | grep -v "Loading weights" | tail -40 | tee "$OUT/triton.log" ;;
     *) echo "unknown step $step" ;;
   esac

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from deepserve.operator.dev.stack import CHART_DIR, REPO_ROOT, Stack, helm_install, run_tool
 from dstest.cluster import ClusterHandle
+
+from deepserve.operator.dev.stack import CHART_DIR, REPO_ROOT, Stack, helm_install, run_tool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

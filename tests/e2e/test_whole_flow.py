@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 import tritonclient.grpc as grpcclient
-from deepserve.operator.dev.stack import REPO_ROOT, Stack, helm_install, run_tool
 from dstest.cluster import ClusterHandle
+
+from deepserve.operator.dev.stack import REPO_ROOT, Stack, helm_install, run_tool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

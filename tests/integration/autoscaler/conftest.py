@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from deepserve.operator.kube import Kube
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from deepserve.operator.autoscaler.io import scale_from_zero
 from deepserve.operator.dev.runner import LocalRunner
 from deepserve.operator.kube import Kube

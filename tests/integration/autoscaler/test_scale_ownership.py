@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from deepserve.operator.autoscaler.io import read_scale, scale_from_zero, write_scale
 from deepserve.operator.autoscaler.loop import AutoscalerOptions, ModelAutoscaler
 from deepserve.operator.kube import Kube

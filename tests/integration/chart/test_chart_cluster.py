@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from deepserve.operator.dev import toolchain
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from deepserve.engine.options import EngineOptions
 from deepserve.engine.triton.local import LocalTriton
 from deepserve.engine.triton.repository import write_model_repository

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.request import Request, urlopen
 
 import pytest
+
 from deepserve.engine.usage import UsageEvent
 
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)

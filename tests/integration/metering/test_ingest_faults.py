@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from deepserve.engine.usage import UsageShipper, UsageSpool, encode_batch
 from deepserve.operator.metering import UsageLedger
 from deepserve.operator.metering.base import EPOCH

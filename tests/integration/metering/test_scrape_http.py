@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from deepserve.operator.metering import ScrapeError, scrape_many, scrape_pod_metrics
 
 pytestmark = pytest.mark.integration

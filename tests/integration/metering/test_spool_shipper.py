@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from deepserve.engine.usage import UsageShipper, UsageSpool
 from deepserve.operator.metering import UsageLedger
 

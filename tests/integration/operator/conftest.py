@@ -25,8 +25,9 @@ def _load(name: str, path: Path) -> None:
 _load("model_cases", ROOT / "tests" / "unit" / "operator" / "model_cases.py")
 _load("ops_helpers", Path(__file__).with_name("ops_helpers.py"))
 
-from deepserve.operator.kube import Kube  # noqa: E402
 from ops_helpers import OperatorProcess, wait_for  # noqa: E402
+
+from deepserve.operator.kube import Kube  # noqa: E402
 
 
 @pytest.fixture(scope="session")

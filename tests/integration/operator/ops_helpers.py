@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from deepserve.operator.kube import KubeError
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from deepserve.operator.kube import Kube
 
 pytestmark = pytest.mark.integration

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from deepserve.operator.kube import Kube
 from model_cases import make_model
 from ops_helpers import IM, condition, wait_for
+
+from deepserve.operator.kube import Kube
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 KINDS = [("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget")]

@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 import pytest
-from deepserve.operator.kube import Kube, KubeError
 from model_cases import INVALID_CASES, InvalidCase, make_model
+
+from deepserve.operator.kube import Kube, KubeError
 
 pytestmark = pytest.mark.integration
 IM = "deepserve.io/v1alpha1"

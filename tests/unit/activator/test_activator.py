@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+
 from deepserve.operator.activator import (
     VERSION_HEADER,
     Activator,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from deepserve.operator.autoscaler import (
     Observation,
     PolicyError,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from deepserve.operator.api.views import InferenceModelSpec
 from deepserve.operator.autoscaler import (
     DEEPSERVE,

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
 from deepserve.operator.autoscaler.io import MetricsSampler
 from deepserve.operator.autoscaler.loop import AutoscalerOptions, ModelAutoscaler
 from deepserve.operator.metering.scrape import MetricsSample, parse_metrics_text

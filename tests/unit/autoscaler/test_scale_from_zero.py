@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from deepserve.operator.autoscaler.io import scale_from_zero
 from deepserve.operator.kube import KubeError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from deepserve.operator.controller import handlers
 
 pytestmark = pytest.mark.unit

@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 import pytest
+
 from deepserve.operator.cli import build_parser
 
 pytestmark = pytest.mark.unit

@@ -42,8 +42,8 @@ def test_dry_run_prints_every_step_in_order(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     steps = [line[2:] for line in proc.stderr.splitlines() if line.startswith("+ ")]
     expected = [
-        "docker build -f operator/Dockerfile -t deepserve/operator:t1 .",
-        "docker build -f engine/Dockerfile -t deepserve/engine:t1 .",
+        "docker build -f deepserve/operator/Dockerfile -t deepserve/operator:t1 .",
+        "docker build -f deepserve/engine/Dockerfile -t deepserve/engine:t1 .",
         "kind create cluster --name deepserve-e2e --image kindest/node:",
         "kind load docker-image --name deepserve-e2e deepserve/operator:t1 deepserve/engine:t1",
         "kubectl label node deepserve-e2e-worker --overwrite nvidia.com/gpu.present=true",
@@ -88,7 +88,7 @@ def _stages(dockerfile: Path) -> list[str]:
     return [ln.split()[1] for ln in dockerfile.read_text().splitlines() if ln.upper().startswith("FROM ")]
 
 
-@pytest.mark.parametrize("path", ["operator/Dockerfile", "engine/Dockerfile"])
+@pytest.mark.parametrize("path", ["deepserve/operator/Dockerfile", "deepserve/engine/Dockerfile"])
 def test_images_are_multi_stage_pinned_and_non_root(path: str) -> None:
     dockerfile = REPO / path
     if not dockerfile.exists():
@@ -110,9 +110,9 @@ def test_images_are_multi_stage_pinned_and_non_root(path: str) -> None:
 
 
 def test_operator_image_entrypoint_is_the_operator() -> None:
-    text = (REPO / "operator" / "Dockerfile").read_text()
+    text = (REPO / "deepserve" / "operator" / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["deepserve", "operator", "run"]' in text
-    ignore = (REPO / "operator" / "Dockerfile.dockerignore").read_text().splitlines()
+    ignore = (REPO / "deepserve" / "operator" / "Dockerfile.dockerignore").read_text().splitlines()
     assert ignore[ignore.index("**") + 1:]  # everything is excluded, then what the build needs
 
 

@@ -6,6 +6,7 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+
 from deepserve.operator.dev import toolchain
 from deepserve.operator.dev.cluster import DEFAULT_POOLS_FILE, ClusterError, LocalCluster, Ports
 from deepserve.operator.dev.nodes import PoolsFileError, build_nodes, load_pools_file, parse_pools

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from deepserve.engine.checkpoint import CheckpointError, load_transformer
 from deepserve.engine.model.args import ModelArgs, UnsupportedModelError
-from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.unit
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from deepserve.operator.cli import main
 
 pytestmark = pytest.mark.unit

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from deepserve.engine.triton.local import LocalTriton, find_triton
 
 pytestmark = pytest.mark.unit

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from deepserve.engine.options import EngineOptions, EngineOptionsError, SparseAttentionOptions
 from deepserve.engine.triton.protocol import INPUTS, OUTPUTS
 from deepserve.engine.triton.repository import (

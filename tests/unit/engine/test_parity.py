@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from deepserve.engine.build import build_engine
 from deepserve.engine.checkpoint import load_transformer
 from deepserve.engine.options import EngineOptions

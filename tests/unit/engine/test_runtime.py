@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from deepserve.engine.build import build_engine
 from deepserve.engine.options import EngineOptions
 from deepserve.engine.runtime import InferenceEngine

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from deepserve.engine.sources import ModelSourceError, resolve_model_dir
 
 pytestmark = pytest.mark.unit

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from deepserve.engine.tiny import make_tiny_checkpoint
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from deepserve.engine.checkpoint import load_transformer
 from deepserve.engine.generate import decode_step, prefill, prefill_batch
 from deepserve.engine.kernels import (

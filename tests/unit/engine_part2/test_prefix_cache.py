@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from deepserve.engine.checkpoint import load_transformer
 from deepserve.engine.generate import prefill
 from deepserve.engine.model.transformer import Transformer

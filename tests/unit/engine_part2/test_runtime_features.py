@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from deepserve.engine.build import build_engine
 from deepserve.engine.model.args import ModelArgs
 from deepserve.engine.options import EngineOptions, SparseAttentionOptions
 from deepserve.engine.sampling import SamplingParams
 from deepserve.engine.sparse import indexer_state_dict
 from deepserve.engine.tiny import make_tiny_checkpoint
-from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.unit
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from deepserve.engine.checkpoint import load_transformer
 from deepserve.engine.generate import decode_step, prefill
 from deepserve.engine.model.transformer import Transformer
@@ -18,7 +20,6 @@ from deepserve.engine.sparse import (
     select_tokens,
 )
 from deepserve.engine.sparse.distill import attention_recall, distill_indexers
-from safetensors.torch import save_file
 
 pytestmark = pytest.mark.unit
 ARCHS = ("llama", "deepseek_v3")

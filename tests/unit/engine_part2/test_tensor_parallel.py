@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
 from deepserve.engine.checkpoint import load_transformer
 from deepserve.engine.generate import decode_step, prefill
 from deepserve.engine.parallel import TensorParallelError, apply_tensor_parallel

@@ -9,6 +9,7 @@ import sys
 from collections import defaultdict
 
 import pytest
+
 from deepserve.engine.hardware import (
     LABEL_KEYS,
     CatalogError,

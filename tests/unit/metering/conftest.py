@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from deepserve.engine.usage import UsageEvent
 from deepserve.operator.metering import UsageLedger
 

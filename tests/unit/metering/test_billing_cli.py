@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from deepserve.operator.commands import billing
 
 pytestmark = pytest.mark.unit

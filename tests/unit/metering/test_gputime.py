@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from deepserve.operator.metering import PodSnapshot, gpu_intervals
 from deepserve.operator.metering.gputime import split_by_hour
 

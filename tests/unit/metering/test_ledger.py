@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from deepserve.operator.metering import LedgerError, UsageLedger, parse_bound
 from deepserve.operator.metering.schema import SCHEMA_VERSION
 

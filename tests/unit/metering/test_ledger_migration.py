@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from deepserve.engine.usage import encode_batch
 from deepserve.operator.metering import UsageLedger
 from deepserve.operator.metering.base import to_us

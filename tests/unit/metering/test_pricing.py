@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+
 from deepserve.operator.metering import PriceError, PriceSheet
 
 pytestmark = pytest.mark.unit

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from deepserve.operator.metering import FIGURES, ModelMonitor, PriceSheet, reconcile
-from deepserve.operator.metering.scrape import parse_metrics_text
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
+from deepserve.operator.metering import FIGURES, ModelMonitor, PriceSheet, reconcile
+from deepserve.operator.metering.scrape import parse_metrics_text
 
 pytestmark = pytest.mark.unit
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from deepserve.operator.metering import CounterTracker, ScrapeError, parse_metrics_text
 from deepserve.operator.metering.scrape import counter_delta, parse_metrics_text_uncached
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from deepserve.engine.usage import UsageSpool
 
 pytestmark = pytest.mark.unit

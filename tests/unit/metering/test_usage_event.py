@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+
 from deepserve.engine.usage import UsageEvent, UsageEventError, make_event_id
 
 pytestmark = pytest.mark.unit

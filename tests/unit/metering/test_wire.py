@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
+
 from deepserve.engine.usage import UsageEvent, make_event_id
 from deepserve.operator.metering import LedgerError, UsageLedger
 from deepserve.operator.metering.ledger import _event_row

@@ -8,6 +8,7 @@ from typing import Any
 
 import kopf
 import pytest
+
 from deepserve.operator.autoscaler.loop import AutoscalerOptions
 from deepserve.operator.commands import operator as operator_cmd
 from deepserve.operator.controller import handlers

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from model_cases import make_model
+
 from deepserve.engine.triton.repository import read_options_from_config
 from deepserve.operator.api.views import InferenceModelSpec
 from deepserve.operator.builders import (
@@ -19,7 +21,6 @@ from deepserve.operator.builders import (
     build_repository_configmap,
 )
 from deepserve.operator.builders.deployment import termination_grace_seconds
-from model_cases import make_model
 
 pytestmark = pytest.mark.unit
 POOL = ChosenPlacement("a100", "nvidia-a100-sxm4-80gb", 2, 2, "bf16", {"cloud.google.com/gke-nodepool": "a100"},

@@ -6,11 +6,12 @@ import threading
 from typing import Any
 
 import pytest
+from fake_api import FakeApi
+from model_cases import make_model
+
 from deepserve.operator.builders import Settings
 from deepserve.operator.controller import handlers
 from deepserve.operator.controller.handlers import ControllerState, run_reconcile
-from fake_api import FakeApi
-from model_cases import make_model
 
 pytestmark = pytest.mark.unit
 GFD = "nvidia.com/gpu.product"

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from deepserve.operator.api.crds import (
     all_crds,
     gpu_node_pool_crd,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from deepserve.operator.api import gpunodepool_schema
 from deepserve.operator.api.schema_check import conform
 from deepserve.operator.api.views import InferenceModelSpec

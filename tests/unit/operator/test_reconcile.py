@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fake_api import FakeApi
+from model_cases import make_model
+
 from deepserve.operator.builders import Settings
 from deepserve.operator.controller.reconcile import (
     AppliedCache,
@@ -14,8 +17,6 @@ from deepserve.operator.controller.reconcile import (
     split_replicas,
 )
 from deepserve.operator.placement import PoolOffer
-from fake_api import FakeApi
-from model_cases import make_model
 
 pytestmark = pytest.mark.unit
 NOW = "2026-11-29T00:00:00Z"

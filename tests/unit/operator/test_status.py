@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from deepserve.operator.builders import ChosenPlacement
 from deepserve.operator.controller.observed import DeploymentState, PodState, pod_state
 from deepserve.operator.controller.planning import PlanOutcome

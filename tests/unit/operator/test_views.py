@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from model_cases import INVALID_CASES, InvalidCase, make_model
+
 from deepserve.operator.api.schema_check import SpecError
 from deepserve.operator.api.views import DEFAULT_VERSION, InferenceModelSpec
-from model_cases import INVALID_CASES, InvalidCase, make_model
 
 pytestmark = pytest.mark.unit
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from placement_configs import LLAMA3_8B, LLAMA3_70B
+
 from deepserve.engine.hardware import load_catalog
 from deepserve.operator.placement import (
     DEFAULT_FACTORS,
@@ -11,7 +13,6 @@ from deepserve.operator.placement import (
     Workload,
     estimate,
 )
-from placement_configs import LLAMA3_8B, LLAMA3_70B
 
 pytestmark = pytest.mark.unit
 

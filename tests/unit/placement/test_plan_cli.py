@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from deepserve.operator.commands import plan as plan_cmd
 from placement_configs import LLAMA3_8B, LLAMA3_70B
+
+from deepserve.operator.commands import plan as plan_cmd
 
 pytestmark = pytest.mark.unit
 

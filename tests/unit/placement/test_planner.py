@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from placement_configs import DEEPSEEK_V3, LLAMA3_8B, LLAMA3_70B
+
 from deepserve.operator.placement import (
     ModelShape,
     PlacementRequest,
     PoolOffer,
     plan_placement,
 )
-from placement_configs import DEEPSEEK_V3, LLAMA3_8B, LLAMA3_70B
 
 pytestmark = pytest.mark.unit
 

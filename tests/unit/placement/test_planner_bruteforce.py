@@ -10,6 +10,7 @@ import math
 import random
 
 import pytest
+
 from deepserve.engine.hardware import load_catalog
 from deepserve.operator.placement import (
     DEFAULT_FACTORS,

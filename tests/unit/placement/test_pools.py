@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from deepserve.operator.placement import discover_pools, pools_from_document
 
 pytestmark = pytest.mark.unit

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from deepserve.operator.placement import ModelShape, ShapeError
 from placement_configs import DEEPSEEK_V3, LLAMA3_8B, LLAMA3_70B, MIXTRAL_8X7B, QWEN3_30B_A3B
+
+from deepserve.operator.placement import ModelShape, ShapeError
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,1 @@
+"""deepserve: inference-as-a-service on Kubernetes (the operator and the engine)."""

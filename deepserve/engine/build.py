@@ -1,0 +1,64 @@
+"""Build an :class:`InferenceEngine` from :class:`EngineOptions` (device and precision)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import torch
+
+from deepserve.engine.checkpoint import load_transformer
+from deepserve.engine.features import install_features
+from deepserve.engine.options import EngineOptions
+from deepserve.engine.runtime import InferenceEngine
+from deepserve.engine.sources import resolve_model_dir
+from deepserve.engine.tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(options: EngineOptions) -> torch.device:
+    """``cuda`` when asked for or available (``auto``), else ``cpu``."""
+    # DEEPSERVE_DEVICE overrides the rendered option (operators, and the dev local runner
+    # that plays GPU pods on a CPU-only machine).
+    wanted = os.environ.get("DEEPSERVE_DEVICE") or options.device
+    if wanted == "cpu":
+        return torch.device("cpu")
+    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device: 'cuda' requested but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def resolve_precision(options: EngineOptions, device: torch.device) -> str:
+    """Precision the weights load in: ``auto``/``fp8`` load bf16 on GPU and fp32 on CPU.
+
+    With ``auto`` the precision scheduler then picks per batch (see
+    :mod:`deepserve.engine.precision`); ``fp8`` adds fp8 weight copies and computes in them.
+    """
+    if options.precision in _DTYPES:
+        return options.precision
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def build_engine(options: EngineOptions) -> InferenceEngine:
+    """Load the checkpoint in ``options.model_dir`` and return a ready engine."""
+    device = resolve_device(options)
+    precision = resolve_precision(options, device)
+    model_dir = resolve_model_dir(options.model_dir)
+    options = dataclasses.replace(options, model_dir=model_dir)
+    model = load_transformer(model_dir, device=device, dtype=_DTYPES[precision])
+    tokenizer = TextTokenizer.from_dir(model_dir, model.args.eos_token_ids)
+    features = install_features(model, options, tokenizer.encode)
+    compile_decode = options.compile and device.type == "cuda"
+    if compile_decode and features.sparse is not None:
+        log.warning("compile: off with sparse attention (data-dependent selection)")
+        compile_decode = False
+    return InferenceEngine(
+        model, tokenizer, slots=options.cache_slots, max_input_tokens=options.max_input_tokens,
+        max_new_tokens_limit=options.max_new_tokens_limit, precision=features.precision,
+        compile_decode=compile_decode, features=features)

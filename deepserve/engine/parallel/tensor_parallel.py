@@ -1,0 +1,127 @@
+"""Tensor parallelism applied to a built model from outside (the model knows nothing of it).
+
+Megatron-style splits over ``torch.distributed``: the projections that fan out
+(q/k/v, MLA's query and ``kv_b_proj``, MLP gate/up, every expert's gate/up) are split by
+output rows (column-parallel, whole heads per rank); the projections that fan in
+(``o_proj``, ``down_proj``) are split by input columns (row-parallel) and their partial
+outputs summed with one all-reduce per attention block and one per feed-forward block
+(forward hooks on the block). Embedding, norms, router, MLA's shared latent projection
+and the output head are replicated. Each rank's KV cache holds only its own KV heads
+(``model.args`` is replaced by the per-rank shape so ``setup_caches`` sizes it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from deepserve.engine.model.attention import GroupedQueryAttention, MultiHeadLatentAttention
+from deepserve.engine.model.layers import GatedMLP, MixtureOfExperts
+from deepserve.engine.model.transformer import DecoderLayer, Transformer
+
+log = logging.getLogger(__name__)
+
+
+class TensorParallelError(ValueError):
+    """The model's shape cannot be split over the requested number of ranks."""
+
+
+def _shard_rows(linear: nn.Linear, rank: int, world: int, unit: int = 1) -> None:
+    """Keep this rank's contiguous share of ``linear``'s output rows (in multiples of ``unit``)."""
+    rows = linear.weight.shape[0]
+    if rows % (world * unit):
+        raise TensorParallelError(f"{rows} output rows do not split into {world} x {unit}")
+    part = rows // world
+    sl = slice(rank * part, (rank + 1) * part)
+    linear.weight = nn.Parameter(linear.weight.detach()[sl].clone(), requires_grad=False)
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(linear.bias.detach()[sl].clone(), requires_grad=False)
+    linear.out_features = part
+
+
+def _shard_columns(linear: nn.Linear, rank: int, world: int) -> None:
+    """Keep this rank's share of input columns; the bias is added once (on rank 0)."""
+    cols = linear.weight.shape[1]
+    if cols % world:
+        raise TensorParallelError(f"{cols} input columns do not split into {world}")
+    part = cols // world
+    linear.weight = nn.Parameter(linear.weight.detach()[:, rank * part:(rank + 1) * part].clone(),
+                                 requires_grad=False)
+    if linear.bias is not None and rank != 0:
+        linear.bias = nn.Parameter(torch.zeros_like(linear.bias), requires_grad=False)
+    linear.in_features = part
+
+
+def _all_reduce_hook(group: Any) -> Any:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(output, group=group)
+        return output
+    return hook
+
+
+def _split_mlp(mlp: GatedMLP, rank: int, world: int) -> None:
+    _shard_rows(mlp.gate_proj, rank, world)
+    _shard_rows(mlp.up_proj, rank, world)
+    _shard_columns(mlp.down_proj, rank, world)
+
+
+def _split_gqa(attn: GroupedQueryAttention, rank: int, world: int) -> None:
+    if attn.kv_heads % world:
+        raise TensorParallelError(f"{attn.kv_heads} KV heads do not split over {world} ranks")
+    hd = attn.head_dim
+    _shard_rows(attn.q_proj, rank, world, hd)
+    _shard_rows(attn.k_proj, rank, world, hd)
+    _shard_rows(attn.v_proj, rank, world, hd)
+    _shard_columns(attn.o_proj, rank, world)
+    attn.heads //= world
+    attn.kv_heads //= world
+
+
+def _split_mla(attn: MultiHeadLatentAttention, rank: int, world: int) -> None:
+    if attn.heads % world:
+        raise TensorParallelError(f"{attn.heads} heads do not split over {world} ranks")
+    qk = attn.nope + attn.rope_dim
+    _shard_rows(attn.q_b_proj if hasattr(attn, "q_b_proj") else attn.q_proj, rank, world, qk)
+    _shard_rows(attn.kv_b_proj, rank, world, attn.nope + attn.v_dim)
+    _shard_columns(attn.o_proj, rank, world)
+    attn.heads //= world
+
+
+def apply_tensor_parallel(model: Transformer, group: Any = None) -> Transformer:
+    """Split ``model`` in place over the ranks of ``group`` (default: the world group).
+
+    Call after loading weights (every rank loads the full checkpoint) and before
+    ``setup_caches``. Returns the model. Raises :class:`TensorParallelError` when
+    heads, KV heads or hidden sizes do not divide by the world size.
+    """
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    if world == 1:
+        return model
+    args = model.args
+    for layer in model.model.layers:
+        assert isinstance(layer, DecoderLayer)
+        attn = layer.self_attn
+        if isinstance(attn, MultiHeadLatentAttention):
+            _split_mla(attn, rank, world)
+        else:
+            _split_gqa(attn, rank, world)
+        attn.register_forward_hook(_all_reduce_hook(group))
+        mlp = layer.mlp
+        if isinstance(mlp, MixtureOfExperts):
+            for expert in mlp.experts:
+                _split_mlp(expert, rank, world)  # type: ignore[arg-type]
+            _split_mlp(mlp.shared_experts, rank, world)
+        else:
+            _split_mlp(mlp, rank, world)
+        mlp.register_forward_hook(_all_reduce_hook(group))
+    # the KV cache per rank holds its own KV heads (MLA's latent cache is shared, unchanged)
+    if not args.is_mla:
+        model.args = dataclasses.replace(args, num_heads=args.num_heads // world,
+                                         num_kv_heads=args.num_kv_heads // world)
+    log.info("tensor parallel: rank %d of %d", rank, world)
+    return model

@@ -1,0 +1,374 @@
+"""The inference engine: continuous batching over a static KV cache, with streaming.
+
+Requests wait in a queue; each :meth:`InferenceEngine.step` retires cancelled requests,
+prefills waiting ones into free cache slots (the first token streams right away) and
+then decodes one token for every running sequence in a single batched forward pass.
+Finished sequences free their slot immediately, so short answers never wait for long
+ones. ``step`` is driven by a background thread (:meth:`start`) or by the caller.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import torch
+
+from deepserve.engine.features import EngineFeatures
+from deepserve.engine.generate import decode_step, prefill
+from deepserve.engine.model.transformer import Transformer
+from deepserve.engine.sampling import (
+    InvalidRequestError,
+    SamplingParams,
+    make_generator,
+    sample_token,
+)
+from deepserve.engine.tokenizer import StreamDecoder, TextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RequestStats:
+    """Timing and token counts of one finished request."""
+
+    prompt_tokens: int
+    generated_tokens: int
+    started_at: datetime
+    ended_at: datetime
+    time_to_first_token_s: float | None
+    time_per_output_token_s: float | None
+
+    @property
+    def compute_ms(self) -> int:
+        """Wall time from admission to the end, in milliseconds."""
+        return int((self.ended_at - self.started_at).total_seconds() * 1000)
+
+
+@dataclass
+class GenerationChunk:
+    """A piece of streamed output; the last one has ``finished`` set and ``stats``."""
+
+    request_id: str
+    text: str
+    prompt_tokens: int
+    generated_tokens: int
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    error: str | None = None
+    stats: RequestStats | None = None
+    token_ids: list[int] | None = None  # final chunk: every generated id (including eos)
+    precision: str | None = None  # final chunk: the least precise compute that served it
+    reused_prompt_tokens: int = 0  # final chunk: prompt tokens taken from the prefix cache
+
+
+ChunkCallback = Callable[[GenerationChunk], None]
+
+
+class RequestHandle:
+    """The caller's side of a request: iterate its chunks, read the result, or cancel it."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self._chunks: collections.deque[GenerationChunk] = collections.deque()
+        self._cond = threading.Condition()
+        self._cancelled = False
+        self.final: GenerationChunk | None = None
+
+    def cancel(self) -> None:
+        """Ask the engine to stop this request at its next step."""
+        self._cancelled = True
+
+    @property
+    def cancelled(self) -> bool:
+        """True once :meth:`cancel` was called."""
+        return self._cancelled
+
+    def _put(self, chunk: GenerationChunk) -> None:
+        with self._cond:
+            self._chunks.append(chunk)
+            if chunk.finished:
+                self.final = chunk
+            self._cond.notify_all()
+
+    def __iter__(self) -> Iterator[GenerationChunk]:
+        """Yield chunks as they arrive (blocks; needs the engine thread or another driver)."""
+        while True:
+            with self._cond:
+                while not self._chunks:
+                    self._cond.wait()
+                chunk = self._chunks.popleft()
+            yield chunk
+            if chunk.finished:
+                return
+
+    def drain(self) -> list[GenerationChunk]:
+        """Return the chunks received so far without blocking."""
+        with self._cond:
+            chunks = list(self._chunks)
+            self._chunks.clear()
+        return chunks
+
+
+@dataclass
+class _Sequence:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    handle: RequestHandle
+    decoder: StreamDecoder
+    callback: ChunkCallback | None
+    is_cancelled: Callable[[], bool] | None
+    generator: torch.Generator | None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+    slot: int = -1
+    next_pos: int = 0
+    last_token: int = 0
+    generated: int = 0
+    output_ids: list[int] = field(default_factory=list)
+    precision: str = ""
+    reused_tokens: int = 0
+
+
+class InferenceEngine:
+    """Serves one loaded model to many concurrent requests (continuous batching)."""
+
+    def __init__(self, model: Transformer, tokenizer: TextTokenizer, *, slots: int,
+                 max_input_tokens: int, max_new_tokens_limit: int, precision: str = "fp32",
+                 compile_decode: bool = False, features: EngineFeatures | None = None) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        # part 2 (sparse attention, adaptive precision, prefix cache); all off by default
+        self.features = features or EngineFeatures(precision=precision)
+        self.device = model.lm_head.weight.device
+        self.precision = precision
+        self.max_input_tokens, self.max_new_tokens_limit = max_input_tokens, max_new_tokens_limit
+        self.max_seq_len = min(max_input_tokens + max_new_tokens_limit,
+                               model.args.max_position_embeddings)
+        model.setup_caches(slots, self.max_seq_len)
+        self.slots = slots
+        self._free = list(range(slots - 1, -1, -1))
+        self._running: dict[int, _Sequence] = {}
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._lock = threading.Condition()
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._decode = decode_step
+        if compile_decode:  # CUDA graphs for the static-shape decode step
+            # routed experts pick data-dependent token sets: a graph break, so no fullgraph
+            fullgraph = model.args.n_routed_experts == 0
+            self._decode = torch.compile(decode_step, mode="reduce-overhead", fullgraph=fullgraph)
+
+    # ----- requests -------------------------------------------------------------------
+    def validate(self, prompt: str, params: SamplingParams) -> list[int]:
+        """Tokenize ``prompt`` and check it fits; raise :class:`InvalidRequestError`."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequestError("text_input", "prompt must be a non-empty string")
+        ids = self.tokenizer.encode(prompt)
+        if len(ids) > self.max_input_tokens:
+            raise InvalidRequestError(
+                "text_input", f"prompt has {len(ids)} tokens, the limit is {self.max_input_tokens}")
+        if params.max_tokens > self.max_new_tokens_limit:
+            raise InvalidRequestError(
+                "max_tokens", f"{params.max_tokens} exceeds the limit {self.max_new_tokens_limit}")
+        if len(ids) + params.max_tokens > self.max_seq_len:
+            raise InvalidRequestError(
+                "max_tokens", f"prompt ({len(ids)}) + max_tokens ({params.max_tokens}) exceeds "
+                f"the context of {self.max_seq_len} tokens")
+        return ids
+
+    def submit(self, prompt: str, params: SamplingParams, request_id: str | None = None,
+               on_chunk: ChunkCallback | None = None,
+               is_cancelled: Callable[[], bool] | None = None) -> RequestHandle:
+        """Queue a request and return its handle; invalid requests raise at once.
+
+        Chunks go to ``on_chunk`` (called on the engine thread) or, when it is None, to
+        the handle. ``is_cancelled`` is polled every step (e.g. the client disconnected).
+        """
+        ids = self.validate(prompt, params)
+        rid = request_id or f"req-{next(self._ids)}"
+        handle = RequestHandle(rid)
+        seq = _Sequence(rid, ids, params, handle, StreamDecoder(self.tokenizer, params.stop),
+                        on_chunk, is_cancelled, make_generator(params, self.device))
+        with self._lock:
+            self._waiting.append(seq)
+            self._lock.notify_all()
+        return handle
+
+    def has_work(self) -> bool:
+        """True while requests are waiting or running."""
+        with self._lock:
+            return bool(self._waiting or self._running)
+
+    # ----- the scheduler step ---------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Retire cancelled requests, admit waiting ones, decode one token for all."""
+        try:
+            self._retire_cancelled()
+            self._admit()
+            if self._running:
+                self._decode_all()
+        except Exception as exc:  # keep serving: fail the affected requests, not the server
+            log.exception("engine step failed")
+            for seq in list(self._running.values()):
+                self._finish(seq, "error", "", error=f"{type(exc).__name__}: {exc}")
+
+    def _retire_cancelled(self) -> None:
+        for seq in list(self._running.values()):
+            if seq.handle.cancelled or (seq.is_cancelled is not None and seq.is_cancelled()):
+                self._finish(seq, "cancelled", "")
+        with self._lock:
+            waiting = list(self._waiting)
+        for seq in waiting:
+            if seq.handle.cancelled or (seq.is_cancelled is not None and seq.is_cancelled()):
+                with self._lock:
+                    self._waiting.remove(seq)
+                self._finish(seq, "cancelled", "")
+
+    def _admit(self) -> None:
+        while True:
+            with self._lock:
+                if not self._free or not self._waiting:
+                    return
+                seq = self._waiting.popleft()
+                seq.slot = self._free.pop()
+            self._running[seq.slot] = seq
+            seq.started_at, seq.started = datetime.now(UTC), time.monotonic()
+            seq.precision = self.features.choose_precision(seq.prompt_ids)
+            cache = self.features.prefix_cache
+            reused = cache.restore(seq.slot, seq.prompt_ids) if cache is not None else 0
+            seq.reused_tokens = reused
+            tokens = torch.tensor(seq.prompt_ids[reused:], dtype=torch.long)
+            with self.features.compute(seq.precision):
+                logits = prefill(self.model, tokens, seq.slot, start_pos=reused)
+            if cache is not None:
+                cache.store(seq.slot, seq.prompt_ids)
+            seq.next_pos = len(seq.prompt_ids)
+            self._accept(seq, sample_token(logits, seq.params, seq.generator))
+
+    def _decode_all(self) -> None:
+        tokens = torch.zeros(self.slots, dtype=torch.long)
+        positions = torch.zeros(self.slots, dtype=torch.long)
+        for slot, seq in self._running.items():
+            tokens[slot], positions[slot] = seq.last_token, seq.next_pos
+        precision = self.features.batch_precision(s.precision for s in self._running.values())
+        with self.features.compute(precision):
+            logits = self._decode(self.model, tokens.to(self.device), positions.to(self.device))
+        greedy = logits.argmax(dim=-1).tolist()  # one device sync for every greedy sequence
+        for slot, seq in list(self._running.items()):
+            seq.next_pos += 1
+            token = greedy[slot] if seq.params.greedy else sample_token(
+                logits[slot], seq.params, seq.generator)
+            self._accept(seq, token)
+
+    def _accept(self, seq: _Sequence, token: int) -> None:
+        """Record one generated token and emit text or finish the sequence."""
+        if seq.first_token is None:
+            seq.first_token = time.monotonic()
+        seq.generated += 1
+        seq.last_token = token
+        seq.output_ids.append(token)
+        if token in self.tokenizer.eos_ids and not seq.params.ignore_eos:
+            self._finish(seq, "stop", seq.decoder.flush())
+            return
+        piece = seq.decoder.push(token)
+        if seq.decoder.stopped:
+            self._finish(seq, "stop", piece)
+        elif seq.generated >= seq.params.max_tokens or seq.next_pos + 1 >= self.max_seq_len:
+            self._finish(seq, "length", piece + seq.decoder.flush())
+        elif piece:
+            self._emit(seq, GenerationChunk(seq.request_id, piece, len(seq.prompt_ids), seq.generated))
+
+    def _finish(self, seq: _Sequence, reason: str, text: str, error: str | None = None) -> None:
+        if seq.slot >= 0 and self._running.get(seq.slot) is seq:
+            del self._running[seq.slot]
+            with self._lock:
+                self._free.append(seq.slot)
+        now = time.monotonic()
+        ttft = seq.first_token - seq.started if seq.first_token is not None else None
+        tpot = ((now - seq.first_token) / (seq.generated - 1)
+                if seq.first_token is not None and seq.generated > 1 else None)
+        stats = RequestStats(len(seq.prompt_ids), seq.generated, seq.started_at,
+                             datetime.now(UTC), ttft, tpot)
+        precision = seq.precision or self.features.precision
+        self.features.record_served(precision)
+        self._emit(seq, GenerationChunk(seq.request_id, text, len(seq.prompt_ids), seq.generated,
+                                        True, reason, error, stats, list(seq.output_ids),
+                                        precision, seq.reused_tokens))
+
+    def _emit(self, seq: _Sequence, chunk: GenerationChunk) -> None:
+        if seq.callback is None:
+            seq.handle._put(chunk)
+            return
+        try:
+            seq.callback(chunk)
+        except Exception:  # a broken client must not stop the engine
+            log.exception("chunk callback failed for %s", seq.request_id)
+        if chunk.finished:
+            seq.handle.final = chunk
+
+    def feature_stats(self) -> dict[str, object]:
+        """Counters of the part-2 techniques (KV entries read, prefix hits, precisions)."""
+        return self.features.stats()
+
+    # ----- drivers --------------------------------------------------------------------
+    def run_until_idle(self) -> None:
+        """Step until no request is waiting or running (synchronous use, tests)."""
+        while self.has_work():
+            self.step()
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[GenerationChunk]:
+        """Generate for ``prompts`` together (batched); return each request's whole text.
+
+        The returned chunks are the final chunks with ``text`` holding the full completion.
+        """
+        handles = [self.submit(p, params) for p in prompts]
+        self.run_until_idle()
+        results = []
+        for handle in handles:
+            chunks = handle.drain()
+            final = chunks[-1]
+            final.text = "".join(c.text for c in chunks)
+            results.append(final)
+        return results
+
+    def start(self) -> None:
+        """Run :meth:`step` on a background thread until :meth:`stop`."""
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="deepserve-engine", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stop and not (self._waiting or self._running):
+                    self._lock.wait(timeout=0.5)
+                if self._stop:
+                    return
+            self.step()
+
+    def stop(self, cancel_pending: bool = True) -> None:
+        """Stop the background thread; pending requests are cancelled unless told not to."""
+        if cancel_pending:
+            with self._lock:
+                seqs = list(self._waiting) + list(self._running.values())
+            for seq in seqs:
+                seq.handle.cancel()
+            deadline = time.monotonic() + 10
+            while self.has_work() and time.monotonic() < deadline and self._thread is not None:
+                time.sleep(0.01)
+        with self._lock:
+            self._stop = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None

@@ -1,0 +1,148 @@
+"""The Triton Python-backend entry of a deepserve model (decoupled, streaming).
+
+``model.py`` in the generated repository re-exports :class:`TritonPythonModel`. Each
+request is validated, submitted to the :class:`InferenceEngine` (which batches it with the
+others on its own thread) and answered through the request's response sender: one
+response per text piece when streaming, or one at the end; the last response carries the
+``TRITONSERVER_RESPONSE_COMPLETE_FINAL`` flag. Responses are built and sent by one sender
+thread, in order, so the engine thread only queues them and goes on decoding (sending is
+an IPC round trip to the server per response). The inputs and outputs are documented in
+``docs/engine.md`` (and defined in :mod:`deepserve.engine.triton.protocol`). Custom
+metrics use ``pb_utils.MetricFamily``; one usage event per request goes to the spool.
+
+Triton Python backend API: https://github.com/triton-inference-server/python_backend
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
+
+from deepserve.engine.build import build_engine
+from deepserve.engine.options import EngineOptions
+from deepserve.engine.runtime import GenerationChunk, InferenceEngine
+from deepserve.engine.sampling import InvalidRequestError
+from deepserve.engine.triton.metrics import EngineMetrics
+from deepserve.engine.triton.protocol import INPUTS
+from deepserve.engine.triton.repository import read_options_from_config
+from deepserve.engine.triton.requests import ParsedRequest, parse_request
+from deepserve.engine.triton.usage_recorder import UsageRecorder
+
+log = logging.getLogger("deepserve.engine.triton.backend")
+
+
+class TritonPythonModel:
+    """Triton's entry point: ``initialize``, ``execute`` (decoupled) and ``finalize``."""
+
+    engine: InferenceEngine
+    options: EngineOptions
+
+    def initialize(self, args: dict[str, str]) -> None:
+        """Load the model named in the config's ``engine_options`` and start the engine."""
+        logging.basicConfig(level=os.environ.get("DEEPSERVE_LOG_LEVEL", "INFO"))
+        config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(config):
+            raise pb_utils.TritonModelException("deepserve models need a decoupled transaction policy")
+        self.options = read_options_from_config(config)
+        self.model_name = self.options.served_model or args.get("model_name", "model")
+        self.version = self.options.served_version or args.get("model_version", "1")
+        self.engine = build_engine(self.options)
+        self.metrics = EngineMetrics(pb_utils, self.model_name, self.version, self.engine.precision)
+        self.usage = UsageRecorder.from_options(self.options, self.model_name, self.version)
+        self._outbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_loop, name="deepserve-sender", daemon=True)
+        self._sender.start()
+        self.engine.start()
+        log.info("deepserve model %s v%s ready (%s)", self.model_name, self.version, self.engine.precision)
+
+    def execute(self, requests: list[Any]) -> None:
+        """Validate and submit each request; responses are sent from the engine thread."""
+        for request in requests:
+            sender = request.get_response_sender()
+            request_id = request.request_id() or str(uuid.uuid4())
+            try:
+                inputs = {
+                    spec.name: (t.as_numpy() if (t := pb_utils.get_input_tensor_by_name(
+                        request, spec.name)) is not None else None)
+                    for spec in INPUTS
+                }
+                parsed = parse_request(inputs)
+                self._submit(request_id, parsed, sender)
+            except InvalidRequestError as exc:
+                self.metrics.rejected()
+                sender.send(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+
+    def _send_loop(self) -> None:
+        """Build and send queued responses in order until the ``None`` sentinel."""
+        while (job := self._outbox.get()) is not None:
+            try:
+                job()
+            except Exception:  # a gone client must not stop the others' responses
+                log.exception("sending a response failed")
+
+    def _submit(self, request_id: str, parsed: ParsedRequest, sender: Any) -> None:
+        pieces: list[str] = []
+
+        def on_chunk(chunk: GenerationChunk) -> None:  # engine thread: queue, never block
+            if not chunk.finished:
+                if parsed.stream:
+                    self._outbox.put(lambda: sender.send(self._response(chunk, chunk.text)))
+                else:
+                    pieces.append(chunk.text)
+                return
+            text = "".join(pieces) + chunk.text
+            self._outbox.put(lambda: self._finish(chunk, parsed, sender, text))
+
+        self.engine.submit(parsed.prompt, parsed.params, request_id=request_id,
+                           on_chunk=on_chunk, is_cancelled=sender.is_cancelled)
+
+    def _finish(self, chunk: GenerationChunk, parsed: ParsedRequest, sender: Any, text: str) -> None:
+        final_text = chunk.text if parsed.stream else text
+        try:
+            if chunk.finish_reason == "error":
+                sender.send(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(chunk.error or "engine error", pb_utils.TritonError.INTERNAL)),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            elif chunk.finish_reason == "cancelled":
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            else:
+                sender.send(self._response(chunk, final_text),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        finally:
+            # metrics and usage are recorded even when the client is gone
+            if chunk.stats is not None:
+                self.metrics.observe(chunk.stats, chunk.finish_reason or "stop")
+                if chunk.reused_prompt_tokens:
+                    self.metrics.cache_hits(chunk.reused_prompt_tokens)
+                self.usage.record(chunk, parsed.tenant, chunk.precision or self.engine.precision)
+
+    def _response(self, chunk: GenerationChunk, text: str) -> Any:
+        def tensor(name: str, value: Any, dtype: Any) -> Any:
+            return pb_utils.Tensor(name, np.array([value], dtype=dtype))
+
+        return pb_utils.InferenceResponse(output_tensors=[
+            tensor("text_output", text.encode("utf-8"), np.object_),
+            tensor("prompt_tokens", chunk.prompt_tokens, np.int32),
+            tensor("generated_tokens", chunk.generated_tokens, np.int32),
+            tensor("finish_reason", (chunk.finish_reason or "").encode(), np.object_),
+            tensor("precision", (chunk.precision or self.engine.precision).encode(), np.object_),
+        ])
+
+    def finalize(self) -> None:
+        """Cancel pending requests, stop the engine and flush usage (graceful drain)."""
+        self.engine.stop(cancel_pending=True)
+        self._outbox.put(None)  # after the engine's last chunk: everything queued is sent
+        self._sender.join(timeout=30)
+        self.usage.close()

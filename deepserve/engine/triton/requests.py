@@ -1,0 +1,96 @@
+"""Parse and validate one Triton request's input tensors (numpy arrays by name).
+
+Kept apart from the backend so it can be tested without Triton: every bad input raises
+:class:`InvalidRequestError` naming the tensor, which the backend answers with a
+``TritonError.INVALID_ARG`` (HTTP 400) while it keeps serving other requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepserve.engine.sampling import InvalidRequestError, SamplingParams
+from deepserve.engine.triton.protocol import DEFAULT_MAX_TOKENS, INPUTS
+
+_KIND = {"TYPE_STRING": "string", "TYPE_INT32": "int", "TYPE_INT64": "int",
+         "TYPE_FP32": "float", "TYPE_BOOL": "bool"}
+_SPECS = {spec.name: spec for spec in INPUTS}
+MAX_PROMPT_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A validated request: the prompt, sampling parameters and routing/billing tags."""
+
+    prompt: str
+    params: SamplingParams
+    stream: bool
+    tenant: str | None
+
+
+def _text(name: str, value: object) -> str:
+    if isinstance(value, bytes | np.bytes_):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequestError(name, "must be UTF-8 text") from exc
+    if isinstance(value, str):
+        return value
+    raise InvalidRequestError(name, f"must be a string, got {type(value).__name__}")
+
+
+def _scalar(name: str, array: np.ndarray) -> object:
+    kind = _KIND[_SPECS[name].data_type]
+    if array.size != 1:
+        raise InvalidRequestError(name, f"must hold exactly one value, got shape {list(array.shape)}")
+    value = array.reshape(-1)[0]
+    if kind == "string":
+        return _text(name, value)
+    if kind == "int" and not np.issubdtype(array.dtype, np.integer):
+        raise InvalidRequestError(name, f"must be an integer, got {array.dtype}")
+    if kind == "float" and not (np.issubdtype(array.dtype, np.floating)
+                                or np.issubdtype(array.dtype, np.integer)):
+        raise InvalidRequestError(name, f"must be a number, got {array.dtype}")
+    if kind == "bool" and array.dtype != np.bool_:
+        raise InvalidRequestError(name, f"must be a boolean, got {array.dtype}")
+    return value.item() if hasattr(value, "item") else value
+
+
+def parse_request(inputs: Mapping[str, np.ndarray | None]) -> ParsedRequest:
+    """Validate the inputs of one request and return a :class:`ParsedRequest`."""
+    unknown = sorted(set(inputs) - set(_SPECS))
+    if unknown:
+        raise InvalidRequestError(unknown[0], "unknown input")
+    raw = inputs.get("text_input")
+    if raw is None:
+        raise InvalidRequestError("text_input", "is required")
+    prompt = str(_scalar("text_input", raw))
+    if not prompt.strip():
+        raise InvalidRequestError("text_input", "prompt must not be empty")
+    if len(prompt.encode("utf-8")) > MAX_PROMPT_BYTES:
+        raise InvalidRequestError("text_input", f"prompt is larger than {MAX_PROMPT_BYTES} bytes")
+
+    def get(name: str, default: object) -> object:
+        array = inputs.get(name)
+        return default if array is None else _scalar(name, array)
+
+    stop_array = inputs.get("stop")
+    stop: tuple[str, ...] = ()
+    if stop_array is not None:
+        stop = tuple(_text("stop", v) for v in np.asarray(stop_array).reshape(-1))
+    tenant = str(get("tenant", "")) or None
+    if tenant is not None and (len(tenant) > 128 or not tenant.isprintable()):
+        raise InvalidRequestError("tenant", "must be at most 128 printable characters")
+    seed = get("seed", None)
+    params = SamplingParams(
+        max_tokens=int(get("max_tokens", DEFAULT_MAX_TOKENS)),  # type: ignore[call-overload]
+        temperature=float(get("temperature", 0.0)),  # type: ignore[arg-type]
+        top_k=int(get("top_k", 0)),  # type: ignore[call-overload]
+        top_p=float(get("top_p", 1.0)),  # type: ignore[arg-type]
+        seed=None if seed is None else int(seed),  # type: ignore[call-overload]
+        stop=stop,
+    )
+    return ParsedRequest(prompt, params, bool(get("stream", True)), tenant)

@@ -1,0 +1,180 @@
+"""``deepserve operator``: run the kopf operator, regenerate/check the CRDs."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[3]
+PEERING_NAME = "deepserve"
+
+
+def register(sub: Any) -> None:
+    """Add the ``operator`` command group."""
+    p = sub.add_parser("operator", help="the InferenceModel operator (kopf) and its CRDs")
+    ops = p.add_subparsers(dest="operator_cmd", metavar="ACTION", required=True)
+
+    run = ops.add_parser("run", help="run the operator against a cluster")
+    run.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    run.add_argument("-n", "--namespace", action="append", default=[],
+                     help="watch only these namespaces (repeatable; default: all)")
+    run.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
+    run.add_argument("--peering", default=PEERING_NAME, help="ClusterKopfPeering name shared by replicas")
+    run.add_argument("--priority", type=int, default=None,
+                     help="peering priority; the highest live replica acts, others pause (default: random)")
+    run.add_argument("--engine-image", default="ghcr.io/deepserve/engine:latest",
+                     help="default Triton + deepserve engine image")
+    run.add_argument("--usage-endpoint", default="", help="URL engines ship usage events to")
+    run.add_argument("--gateway", default="", help="NAMESPACE/NAME of the Gateway HTTPRoutes attach to")
+    run.add_argument("--gateway-api", choices=["auto", "on", "off"], default="auto",
+                     help="build HTTPRoutes (auto: when the Gateway API CRDs are installed)")
+    run.add_argument("--resync-seconds", type=float, default=60.0, help="periodic reconcile interval (0: only on watch events)")
+    run.add_argument("--engine-runner", default="", metavar="NAME",
+                     help="(dev only) label engine pods deepserve.io/runner=NAME for a local runner")
+    run.add_argument("--autoscale-tick", type=_seconds, default=2.0, metavar="SECONDS",
+                     help="autoscaler tick per InferenceModel (0: no autoscaler; see docs/autoscaling.md)")
+    run.add_argument("--manual-hold", type=_seconds, default=600.0, metavar="SECONDS",
+                     help="after a manual edit of replicas (kubectl scale), leave the count alone this long")
+    run.add_argument("--allow-pool-move", action="store_true",
+                     help="when the planned pool is full, move the model to the planner's next pool that fits "
+                          "(named in status.scaling.suggestedPool)")
+    run.add_argument("--activator", action="append", default=[], metavar="NAMESPACE=URL",
+                     help="the activator serving NAMESPACE and its /metrics URL (repeatable): requests it "
+                          "holds count as demand, and a model never scales to zero while any are held")
+    run.add_argument("--liveness", default="", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.set_defaults(func=_run)
+
+    gen = ops.add_parser("gen-crds", help="write crds/ (and charts/deepserve/crds/) from the schema")
+    gen.add_argument("--check", action="store_true", help="write nothing; exit 1 when files differ")
+    gen.add_argument("--root", type=Path, default=REPO_ROOT, help="repository root")
+    gen.set_defaults(func=_gen_crds)
+
+
+def _seconds(value: str) -> float:
+    """argparse type: a non-negative number of seconds."""
+    try:
+        out = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not out >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {value}")
+    return out
+
+
+def _gen_crds(args: argparse.Namespace) -> int:
+    from deepserve.operator.api.crds import sync_crds
+
+    targets = [args.root / "crds"]
+    chart = args.root / "charts" / "deepserve"
+    if chart.is_dir():
+        targets.append(chart / "crds")
+    drift = [p for t in targets for p in sync_crds(t, check=args.check)]
+    if args.check:
+        if drift:
+            print("CRDs differ from the schema (run `deepserve operator gen-crds`):", *drift, sep="\n  ")
+            return 1
+        print("CRDs are up to date")
+        return 0
+    print(f"wrote {len(drift)} file(s)" + "".join(f"\n  {p}" for p in drift))
+    return 0
+
+
+def _ensure_peering(kubeconfig: str | None, name: str, namespaces: list[str]) -> None:
+    """Create the peering object(s); kopf silently runs standalone when they are missing."""
+    from deepserve.operator.kube import Kube, KubeError
+
+    kube = Kube.from_kubeconfig(kubeconfig)
+    wanted: list[tuple[str, str | None]] = [("KopfPeering", ns) for ns in namespaces]
+    wanted = wanted or [("ClusterKopfPeering", None)]
+    try:
+        for kind, ns in wanted:
+            if kube.get("kopf.dev/v1", kind, name, ns) is None:
+                try:
+                    kube.create({"apiVersion": "kopf.dev/v1", "kind": kind,
+                                 "metadata": {"name": name, **({"namespace": ns} if ns else {})}})
+                except KubeError as e:
+                    if e.status != 409:  # another replica created it first
+                        raise
+    finally:
+        kube.close()
+
+
+def _gateway_api(kubeconfig: str | None, mode: str) -> bool:
+    if mode != "auto":
+        return mode == "on"
+    from deepserve.operator.kube import Kube
+
+    kube = Kube.from_kubeconfig(kubeconfig)
+    try:
+        return kube.has_kind("gateway.networking.k8s.io/v1", "HTTPRoute")
+    finally:
+        kube.close()
+
+
+def _limit_malloc_arenas() -> None:
+    """Cap glibc malloc arenas: with many worker threads, per-thread arenas keep freed
+    memory and the resident size grows far beyond what Python holds."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).mallopt(-8, 2)  # M_ARENA_MAX = -8
+
+
+def _activators(items: list[str]) -> dict[str, str]:
+    """``--activator NAMESPACE=URL`` flags as a mapping; exits naming a malformed one."""
+    out = {}
+    for item in items:
+        namespace, sep, url = item.partition("=")
+        if not sep or not namespace or not url.startswith(("http://", "https://")):
+            raise SystemExit(f"--activator {item!r}: expected NAMESPACE=http://host:port/metrics")
+        out[namespace] = url
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    activators = _activators(args.activator)
+    import kopf
+
+    _limit_malloc_arenas()
+
+    from deepserve.operator.autoscaler.loop import AutoscalerOptions
+    from deepserve.operator.builders import Settings
+    from deepserve.operator.controller.handlers import OperatorOptions, register
+
+    gateway_api = _gateway_api(args.kubeconfig, args.gateway_api)
+    parent = tuple(args.gateway.split("/", 1)) if args.gateway else None
+    settings = Settings(engine_image=args.engine_image, usage_endpoint=args.usage_endpoint,
+                        gateway_api=gateway_api, gateway_parent=parent,
+                        engine_runner=args.engine_runner, allow_pool_move=args.allow_pool_move)  # type: ignore[arg-type]
+    autoscaler = AutoscalerOptions(tick_s=args.autoscale_tick, manual_hold_s=args.manual_hold,
+                                   allow_pool_move=args.allow_pool_move,
+                                   activators=activators) if args.autoscale_tick > 0 else None
+    options = OperatorOptions(kubeconfig=args.kubeconfig, settings=settings, resync_seconds=args.resync_seconds,
+                              autoscaler=autoscaler)
+    registry = kopf.OperatorRegistry()
+    register(registry, options, gateway_api)
+    if not args.standalone:
+        _ensure_peering(args.kubeconfig, args.peering, args.namespace)
+    priority = args.priority if args.priority is not None else random.randint(1, 2**31 - 1)
+    log.info("deepserve operator starting (gateway API: %s, peering: %s, priority %d)",
+             gateway_api, "off" if args.standalone else args.peering, priority)
+    kopf.run(
+        registry=registry, standalone=args.standalone, priority=priority,
+        peering_name=None if args.standalone else args.peering,
+        clusterwide=not args.namespace, namespaces=args.namespace,
+        liveness_endpoint=args.liveness or None, memo=kopf.Memo(),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(0)

@@ -1,0 +1,262 @@
+"""Dev/test-only local runner: plays the engine container of KWOK pods with a real Triton.
+
+KWOK runs the pods of the local cluster without containers. For pods labelled
+``deepserve.io/runner=local`` this runner does what a kubelet would do for the engine
+container: it materialises the pod's volumes (ConfigMap items, emptyDirs) into a local
+folder, rewrites paths under their mount points, starts ``tritonserver`` bound to the
+pod's own loopback IP (ports 8000/8001/8002, as in the pod spec), and reports the
+container's readiness from Triton's ``/v2/health/ready`` into the pod's status. A crashed
+server is restarted (restartCount grows); a deleted pod's server is stopped gracefully.
+
+It is small on purpose and is not part of the operator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from deepserve.engine.triton.local import LocalTriton
+
+log = logging.getLogger(__name__)
+
+RUNNER_LABEL = "deepserve.io/runner"
+SELECTOR = f"{RUNNER_LABEL}=local"
+
+
+@dataclass
+class PlayedPod:
+    """One pod whose engine container is played by a local Triton."""
+
+    namespace: str
+    name: str
+    uid: str
+    ip: str
+    root: Path
+    container: str
+    triton: LocalTriton | None = None
+    ready: bool | None = None
+    restarts: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    repo: Path | None = None
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def materialise(pod: dict[str, Any], core: Any, root: Path,
+                overrides: dict[str, str]) -> tuple[Path, dict[str, str], str]:
+    """Write the pod's volumes under ``root``; return (model repository, env, container name).
+
+    Raises ValueError when the pod has no Triton container with a model repository.
+    """
+    spec = pod["spec"]
+    ns = pod["metadata"]["namespace"]
+    container = next((c for c in spec["containers"] if c.get("command", [""])[0] == "tritonserver"
+                      or any(str(a).startswith("--model-repository=") for a in c.get("args", []))),
+                     None)
+    if container is None:
+        raise ValueError("pod has no tritonserver container")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts: dict[str, Path] = {}
+    for m in container.get("volumeMounts", []):
+        local = root / "volumes" / m["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        mounts[m["mountPath"]] = local
+        vol = volumes.get(m["name"], {})
+        if "configMap" in vol:
+            cm = core.read_namespaced_config_map(vol["configMap"]["name"], ns)
+            data = cm.data or {}
+            items = vol["configMap"].get("items") or [{"key": k, "path": k} for k in data]
+            for it in items:
+                dest = local / it["path"]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(data[it["key"]])
+
+    def rewrite(value: str) -> str:
+        for mount_path in sorted(mounts, key=len, reverse=True):
+            if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+                return str(mounts[mount_path]) + value[len(mount_path):]
+        return value
+
+    # Paths inside the model repository's files (e.g. the usage spool in the engine
+    # options) refer to the container's mounts too: quoted absolute paths are rewritten.
+    quoted = re.compile(r'(?<=["\'])(/[^"\'\\]*)')
+    for m in container.get("volumeMounts", []):
+        if "configMap" in volumes.get(m["name"], {}):
+            for f in (root / "volumes" / m["name"]).rglob("*"):
+                if f.is_file():
+                    f.write_text(quoted.sub(lambda mt: rewrite(mt.group(1)), f.read_text()))
+
+    env: dict[str, str] = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = rewrite(str(e["value"]))
+        elif "valueFrom" in e and "fieldRef" in e["valueFrom"]:
+            path = e["valueFrom"]["fieldRef"]["fieldPath"]
+            env[e["name"]] = {"metadata.name": pod["metadata"]["name"], "metadata.namespace": ns,
+                              "status.podIP": pod["status"].get("podIP", ""),
+                              "spec.nodeName": spec.get("nodeName", "")}.get(path, "")
+    env["DEEPSERVE_DEVICE"] = "cpu"  # the pod may be placed on a GPU pool; this machine plays it on CPU
+    env.update(overrides)
+    repo_arg = next(str(a).split("=", 1)[1] for a in container.get("args", [])
+                    if str(a).startswith("--model-repository="))
+    return Path(rewrite(repo_arg)), env, container["name"]
+
+
+class LocalRunner:
+    """Watch runner-labelled pods and play their engine container with a local Triton."""
+
+    def __init__(self, kubeconfig: str, env_overrides: dict[str, str] | None = None,
+                 work_dir: Path | None = None, poll_s: float = 0.5) -> None:
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        self._api = client.ApiClient(cfg)
+        self.core = client.CoreV1Api(self._api)
+        self.overrides = dict(env_overrides or {})
+        self._tmp = None if work_dir else tempfile.TemporaryDirectory(prefix="deepserve-runner-")
+        self.work_dir = Path(work_dir or self._tmp.name)  # type: ignore[union-attr]
+        self.poll_s = poll_s
+        self.pods: dict[str, PlayedPod] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle ---------------------------------------------------------
+    def start(self) -> LocalRunner:
+        """Run the loop in a background thread."""
+        self._thread = threading.Thread(target=self.run, name="local-runner", daemon=True)
+        self._thread.start()
+        return self
+
+    def run(self) -> None:
+        """Reconcile until stopped."""
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:  # keep playing the other pods
+                log.exception("local runner step failed")
+            self._stop.wait(self.poll_s)
+
+    def stop(self) -> None:
+        """Stop the loop and every Triton it started."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        # stop the servers in parallel: each drains for up to its exit timeout
+        stoppers = [threading.Thread(target=self._forget, args=(key,)) for key in list(self.pods)]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join(timeout=40)
+        self._api.close()
+        if self._tmp:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> LocalRunner:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- one reconcile -----------------------------------------------------
+    def step(self) -> None:
+        """Start, probe, restart and stop servers so they match the pods that exist."""
+        pods = self._api.sanitize_for_serialization(
+            self.core.list_pod_for_all_namespaces(label_selector=SELECTOR).items)
+        seen = set()
+        for pod in pods:
+            md, st = pod["metadata"], pod.get("status", {})
+            key = md["uid"]
+            if md.get("deletionTimestamp") or st.get("phase") != "Running" or not st.get("podIP"):
+                continue
+            seen.add(key)
+            played = self.pods.get(key)
+            if played is None:
+                played = self._play(pod)
+                if played is None:
+                    continue
+            self._probe(played)
+        for key in set(self.pods) - seen:
+            self._forget(key)
+
+    def _play(self, pod: dict[str, Any]) -> PlayedPod | None:
+        md = pod["metadata"]
+        root = self.work_dir / md["namespace"] / f"{md['name']}-{md['uid'][:8]}"
+        try:
+            repo, env, container = materialise(pod, self.core, root, self.overrides)
+        except (ValueError, client.ApiException) as e:
+            log.warning("cannot play %s/%s yet: %s", md["namespace"], md["name"], e)
+            return None
+        played = PlayedPod(md["namespace"], md["name"], md["uid"], pod["status"]["podIP"], root,
+                           container, env=env, repo=repo)
+        self.pods[md["uid"]] = played
+        self._launch(played)
+        return played
+
+    def _launch(self, p: PlayedPod) -> None:
+        assert p.repo is not None
+        p.triton = LocalTriton(p.repo, host=p.ip, http_port=8000, grpc_port=8001, metrics_port=8002,
+                               env=p.env, log_path=p.root / f"triton-{p.restarts}.log")
+        log.info("starting Triton for pod %s/%s at %s", p.namespace, p.name, p.ip)
+        p.triton.start()
+
+    def _probe(self, p: PlayedPod) -> None:
+        assert p.triton is not None
+        proc = p.triton.process
+        if proc is not None and proc.poll() is not None:
+            log.warning("Triton of %s/%s exited (%s); restarting:\n%s", p.namespace, p.name,
+                        proc.returncode, p.triton.log_tail(15))
+            p.triton.stop()
+            p.restarts += 1
+            self._set_ready(p, False, "ContainerRestarted")
+            self._launch(p)
+            return
+        ready = p.triton.is_ready()
+        if ready != p.ready:
+            self._set_ready(p, ready, "TritonReady" if ready else "TritonNotReady")
+
+    def _set_ready(self, p: PlayedPod, ready: bool, reason: str) -> None:
+        status = "True" if ready else "False"
+        now = _now()
+        body = {"status": {
+            "conditions": [{"type": t, "status": status, "reason": reason, "lastTransitionTime": now}
+                           for t in ("ContainersReady", "Ready")],
+            "containerStatuses": [{"name": p.container, "ready": ready, "restartCount": p.restarts,
+                                   "started": True, "image": "local-runner", "imageID": "",
+                                   "state": {"running": {"startedAt": now}}}],
+        }}
+        try:
+            self.core.patch_namespaced_pod_status(p.name, p.namespace, body)
+            p.ready = ready
+            log.info("pod %s/%s Ready=%s (%s)", p.namespace, p.name, status, reason)
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+
+    def _forget(self, key: str) -> None:
+        p = self.pods.pop(key, None)
+        if p is None:
+            return
+        if p.triton is not None:
+            log.info("stopping Triton of pod %s/%s", p.namespace, p.name)
+            with contextlib.suppress(Exception):
+                p.triton.stop(timeout=15)
+        shutil.rmtree(p.root, ignore_errors=True)
+
+    def wait_idle(self, timeout: float = 30) -> None:
+        """Block until no pod is being played (all stopped)."""
+        deadline = time.monotonic() + timeout
+        while self.pods and time.monotonic() < deadline:
+            time.sleep(0.2)
