@@ -74,7 +74,9 @@ def _record(model: Transformer, tokens: torch.Tensor) -> dict[int, _Recorder]:
         module.attention_fn = rec
         hooks.append(module.register_forward_pre_hook(capture_input_hook(rec)))
         if hasattr(module, "q_a_layernorm"):
-            hooks.append(module.q_a_layernorm.register_forward_hook(capture_query_latent_hook(rec)))
+            norm = module.q_a_layernorm
+            assert isinstance(norm, torch.nn.Module)
+            hooks.append(norm.register_forward_hook(capture_query_latent_hook(rec)))
     try:
         positions = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
         slots = torch.arange(tokens.shape[0], device=tokens.device)

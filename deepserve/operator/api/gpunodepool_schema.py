@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from deepserve.operator.api.inferencemodel_schema import TOLERATION
 from deepserve.operator.api.schema_types import (
     array,
@@ -54,7 +56,7 @@ STATUS = obj(
     },
 )
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Accelerator", "type": "string", "jsonPath": ".spec.acceleratorId", "description": "Accelerator."},
     {"name": "GPUs/Node", "type": "integer", "jsonPath": ".spec.gpusPerNode", "description": "GPUs per node."},
     {"name": "Nodes", "type": "integer", "jsonPath": ".status.nodes", "description": "Matching nodes."},

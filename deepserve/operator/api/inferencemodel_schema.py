@@ -6,6 +6,8 @@ typed views in :mod:`deepserve.operator.api.views` all come from the data here.
 
 from __future__ import annotations
 
+from typing import Any
+
 from deepserve.operator.api.schema_types import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
@@ -396,7 +398,7 @@ ROOT_RULES = [
          "metadata.name must be a DNS label starting with a letter (it names Services)"),
 ]
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
      "description": "Ready condition."},
     {"name": "Pool", "type": "string", "jsonPath": ".status.placement.pool", "description": "Chosen pool."},

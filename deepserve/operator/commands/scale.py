@@ -64,7 +64,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         def scrape(urls: list[str]) -> dict[str, Any]:
             got = scrape_many(urls, timeout=2.0)
-            last.update({p.uid: got[p.metrics_url] for p in pods if isinstance(got.get(p.metrics_url), MetricsSample)})
+            for p in pods:
+                sample = got.get(p.metrics_url)
+                if isinstance(sample, MetricsSample):
+                    last[p.uid] = sample
             return got
 
         sampler = MetricsSampler(scrape)

@@ -69,7 +69,7 @@ def placement_request(spec: InferenceModelSpec) -> Any:
     fixed = r.gpus_per_replica
     if fixed is None and e.tensor_parallel is not None:
         fixed = e.tensor_parallel * e.pipeline_parallel
-    values = {
+    values: dict[str, Any] = {
         "precision": e.precision, "strategy": p.strategy, "allowed_pools": p.allowed_pools,
         "gpus_per_replica": fixed, "max_tp": r.max_tensor_parallel, "replicas": max(1, spec.scaling.desired()),
         "concurrency": p.concurrency, "context_length": e.max_input_tokens + e.max_new_tokens,

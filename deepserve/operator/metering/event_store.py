@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from heapq import heappop, heappush, heapreplace
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import msgspec
 
@@ -33,7 +33,7 @@ CHUNK_EVENTS = 4096
 _ENCODE = msgspec.msgpack.Encoder().encode
 _DECODE = msgspec.msgpack.Decoder(list[Row]).decode
 _ORDER = itemgetter(13, 0)  # (ended_us, event_id)
-_END = 13
+_END: Final = 13
 
 
 class StoredEvent(NamedTuple):

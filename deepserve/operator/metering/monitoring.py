@@ -119,9 +119,12 @@ class ModelMonitor(Collector):
     # -- figures ------------------------------------------------------------------
     def _trim(self, now: float) -> None:
         horizon = now - self.window_s
-        for queue in (*self._events.values(), *self._counters.values()):
-            while queue and queue[0][0] < horizon:
-                queue.popleft()
+        for events in self._events.values():
+            while events and events[0][0] < horizon:
+                events.popleft()
+        for counters in self._counters.values():
+            while counters and counters[0][0] < horizon:
+                counters.popleft()
         for pod in [p for p, (_, _, at) in self._gauges.items() if at < horizon]:
             del self._gauges[pod]
 
