@@ -19,11 +19,16 @@ from typing import Any, Protocol
 class PoolLike(Protocol):
     """The fields of ``placement.PoolOffer`` used here."""
 
-    name: str
-    gpus_per_node: int
-    nodes: int
-    free_gpus: int
-    max_nodes: int
+    @property
+    def name(self) -> str: ...
+    @property
+    def gpus_per_node(self) -> int: ...
+    @property
+    def nodes(self) -> int: ...
+    @property
+    def free_gpus(self) -> int: ...
+    @property
+    def max_nodes(self) -> int: ...
 
 
 @dataclass(frozen=True)

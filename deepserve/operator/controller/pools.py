@@ -5,14 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from deepserve.engine.hardware import load_catalog
-from deepserve.operator.builders.deployment import GPU_RESOURCE
-
-
-def _quantity_int(value: Any) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
-        return 0
+from deepserve.operator.placement.gpus import node_gpus, pod_gpus
 
 
 def _matches(labels: dict[str, str], selector: dict[str, str]) -> bool:
@@ -27,11 +20,8 @@ def pool_status(pool: dict[str, Any], nodes: list[dict[str, Any]], gpu_pods: lis
     mine = [n for n in nodes if _matches(n["metadata"].get("labels", {}) or {}, selector)]
     names = {n["metadata"]["name"] for n in mine}
     ready = sum(1 for n in mine if any(c.get("status") == "True" for c in n["status"].get("conditions", [])))
-    total = sum(_quantity_int(n["status"].get("allocatable", {}).get(GPU_RESOURCE, 0)) for n in mine)
-    used = 0
-    for p in gpu_pods:
-        if p["spec"].get("nodeName") in names:
-            used += sum(_quantity_int(c["resources"]["requests"].get(GPU_RESOURCE, 0)) for c in p["spec"]["containers"])
+    total = sum(node_gpus(n) for n in mine)
+    used = sum(pod_gpus(p) for p in gpu_pods if (p.get("spec") or {}).get("nodeName") in names)
     accel = spec.get("acceleratorId", "")
     try:
         load_catalog().get(accel)

@@ -8,6 +8,7 @@ from typing import Any
 
 from deepserve.operator.builders.context import LABEL_MODEL
 from deepserve.operator.builders.deployment import GPU_RESOURCE
+from deepserve.operator.placement.gpus import container_gpus
 
 
 def plain(obj: Any) -> Any:
@@ -50,8 +51,7 @@ def gpu_pod_snapshot(body: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     containers = []
     for c in spec.get("containers", []) or []:
-        res = c.get("resources", {}) or {}
-        req = (res.get("requests") or {}).get(GPU_RESOURCE) or (res.get("limits") or {}).get(GPU_RESOURCE)
+        req = container_gpus(c)
         if req:
             containers.append({"resources": {"requests": {GPU_RESOURCE: str(req)}, "limits": {GPU_RESOURCE: str(req)}}})
     if not containers:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from deepserve.engine.usage import format_time, parse_time
+from deepserve.operator.placement.gpus import pod_gpus
 
 _INTERVAL_NS = uuid.UUID("0c7b0a8e-43f4-5a63-a3f0-8f4b1f2d6e01")
 
@@ -56,16 +57,13 @@ class PodSnapshot:
         """Read a Kubernetes pod dict; None if it carries no ``deepserve.io/model`` label.
 
         ``account`` and ``pool`` override the pod's labels (the operator knows both from
-        the InferenceModel and the placement). GPUs are the sum of containers' limits.
+        the InferenceModel and the placement). GPUs are counted by ``placement.gpus.pod_gpus`` (every vendor, MIG slices).
         """
         meta = pod.get("metadata") or {}
         labels = meta.get("labels") or {}
         if MODEL_LABEL not in labels:
             return None
-        gpus = 0
-        for container in (pod.get("spec") or {}).get("containers") or []:
-            limits = (container.get("resources") or {}).get("limits") or {}
-            gpus += int(limits.get(GPU_RESOURCE, 0) or 0)
+        gpus = pod_gpus(pod)
         ready, changed = False, None
         for cond in (pod.get("status") or {}).get("conditions") or []:
             if cond.get("type") == "Ready":

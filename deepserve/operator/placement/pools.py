@@ -11,14 +11,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from deepserve.engine.hardware import DEEPSERVE_LABEL, LABEL_KEYS, Catalog, load_catalog
+from deepserve.operator.placement.gpus import gpu_quantity, pod_gpus
 
 log = logging.getLogger(__name__)
-
-GPU_RESOURCES: tuple[str, ...] = (
-    "nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915", "gpu.intel.com/xe", "habana.ai/gaudi",
-    "google.com/tpu", "aws.amazon.com/neuron", "huawei.com/Ascend910",
-)
-"""Extended resources that count accelerators (one unit = one catalog device)."""
 
 POOL_LABELS: tuple[str, ...] = (
     "deepserve.io/pool", "cloud.google.com/gke-nodepool", "karpenter.sh/nodepool",
@@ -109,13 +104,6 @@ def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return (obj.get("metadata") or {}).get("labels") or {}
 
 
-def _gpu_quantity(resources: Mapping[str, Any] | None) -> tuple[str, int]:
-    for key in GPU_RESOURCES:
-        if resources and key in resources:
-            return key, int(str(resources[key]))
-    return "", 0
-
-
 def _node_ready(node: Mapping[str, Any]) -> bool:
     if (node.get("spec") or {}).get("unschedulable"):
         return False
@@ -123,19 +111,6 @@ def _node_ready(node: Mapping[str, Any]) -> bool:
         if cond.get("type") == "Ready":
             return cond.get("status") == "True"
     return True  # no conditions reported (fresh fake node): count it
-
-
-def pod_gpus(pod: Mapping[str, Any]) -> int:
-    """GPUs a pod holds: max(largest init container, sum of app containers), limits win."""
-    spec = pod.get("spec") or {}
-
-    def one(container: Mapping[str, Any]) -> int:
-        res = container.get("resources") or {}
-        return max(_gpu_quantity(res.get("limits"))[1], _gpu_quantity(res.get("requests"))[1])
-
-    app = sum(one(c) for c in spec.get("containers") or [])
-    init = max((one(c) for c in spec.get("initContainers") or []), default=0)
-    return max(app, init)
 
 
 def _pending(pod: Mapping[str, Any]) -> bool:
@@ -228,7 +203,7 @@ def discover_pools(
         name = (node.get("metadata") or {}).get("name", "?")
         labels = _labels(node)
         status = node.get("status") or {}
-        resource, capacity = _gpu_quantity(status.get("allocatable") or status.get("capacity"))
+        resource, capacity = gpu_quantity(status.get("allocatable") or status.get("capacity"))
         if capacity <= 0:
             continue  # CPU-only node
         acc = catalog.resolve_node_labels(labels)
