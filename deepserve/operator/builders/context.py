@@ -17,6 +17,7 @@ CACHE_DIR = "/var/cache/deepserve"
 USAGE_SPOOL = "/var/lib/deepserve/usage"
 REPOSITORY_DIR = "/models"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+OPENAI_PORT = 9000  # the engine pod's OpenAI frontend (the gateway's upstream)
 
 
 @dataclass(frozen=True)
