@@ -69,6 +69,8 @@ def _load_pools(args: argparse.Namespace) -> DiscoveredPools:
 def _shape(args: argparse.Namespace) -> ModelShape:
     if args.hf_config:
         cfg = json.loads(Path(args.hf_config).read_text())
+        if not isinstance(cfg, dict):
+            raise ShapeError(f"--hf-config {args.hf_config}: config.json must be a JSON object")
         return ModelShape.from_hf_config(cfg, name=Path(args.hf_config).parent.name)
     missing = [f for f in ("params", "layers", "hidden", "heads") if getattr(args, f) is None]
     if missing:

@@ -94,6 +94,9 @@ def pools_from_document(doc: Any) -> list[PoolOffer]:
         name = entry.get("metadata", {}).get("name") if "spec" in entry else entry.get("name")
         if not name or not spec.get("acceleratorId") or not spec.get("gpusPerNode"):
             raise ValueError(f"pools[{i}]: 'name', 'acceleratorId' and 'gpusPerNode' are required")
+        price = spec.get("pricePerGpuHour")
+        if price is not None and (not isinstance(price, int | float) or price < 0):
+            raise ValueError(f"pools[{i}].pricePerGpuHour: must be a number >= 0, got {price!r}")
         nodes = int(spec.get("nodes", 0))
         free = int(spec.get("freeGpus", nodes * int(spec["gpusPerNode"])))
         offers.append(_spec_offer(str(name), spec, "GPUNodePool", nodes, free))

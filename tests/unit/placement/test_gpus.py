@@ -90,3 +90,20 @@ def test_mig_slice_is_its_own_small_accelerator() -> None:
     assert mig_slice_memory_gib("NVIDIA-A100-SXM4-40GB-MIG-3g.20gb") == 20
     assert mig_slice_memory_gib("NVIDIA-A100-SXM4-40GB") is None
     assert pod_gpus(pod("nvidia.com/mig-1g.5gb", 7)) == 7
+
+
+def test_plan_refuses_non_object_config_and_negative_price(tmp_path: Any, capsys: Any) -> None:
+    import json
+
+    from deepserve.operator.placement.pools import pools_from_document
+    with pytest.raises(ValueError, match=r"pools\[0\].pricePerGpuHour"):
+        pools_from_document({"pools": [{"name": "a", "acceleratorId": "x", "gpusPerNode": 8,
+                                        "pricePerGpuHour": -1}]})
+    from deepserve.operator.cli import main
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps([1, 2]))
+    pools = tmp_path / "pools.json"
+    pools.write_text(json.dumps({"pools": []}))
+    assert main(["plan", "model", "--hf-config", str(cfg), "--pools-file", str(pools)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "JSON object" in err and len(err.splitlines()) == 1
