@@ -101,6 +101,9 @@ def cmd_model(args: argparse.Namespace) -> int:
     """Print the ranked placement table; exit 1 when no option is feasible."""
     try:
         shape, request = _shape(args), _request(args)
+        if shape.max_context and request.context_length > shape.max_context:
+            raise ShapeError(f"--context-length {request.context_length} exceeds the model's "
+                             f"max_position_embeddings {shape.max_context}")
     except (ShapeError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

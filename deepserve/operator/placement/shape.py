@@ -96,7 +96,11 @@ class ModelShape:
             "num_attention_heads"
         )
         vocab = req("vocab_size")
-        kv_heads = int(cfg.get("num_key_value_heads") or heads)
+        kv_raw = cfg.get("num_key_value_heads")
+        kv_heads = heads if kv_raw is None else int(kv_raw)
+        for key, value in (("num_attention_heads", heads), ("num_key_value_heads", kv_heads)):
+            if value <= 0:
+                raise ShapeError(f"config.json {key} must be > 0, got {value}")
         head_dim = int(cfg.get("head_dim") or hidden // heads)
         max_context = int(cfg.get("max_position_embeddings") or 4096)
         kv_lora = int(cfg.get("kv_lora_rank") or 0)

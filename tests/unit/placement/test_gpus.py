@@ -107,3 +107,13 @@ def test_plan_refuses_non_object_config_and_negative_price(tmp_path: Any, capsys
     assert main(["plan", "model", "--hf-config", str(cfg), "--pools-file", str(pools)]) == 2
     err = capsys.readouterr().err.strip()
     assert "JSON object" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("override", "field"), [({"num_attention_heads": 0}, "num_attention_heads"),
+                                                 ({"num_key_value_heads": 0}, "num_key_value_heads")])
+def test_zero_heads_are_refused(override: dict[str, int], field: str) -> None:
+    from deepserve.operator.placement.shape import ModelShape, ShapeError
+    cfg = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100,
+           "intermediate_size": 128, "max_position_embeddings": 512} | override
+    with pytest.raises(ShapeError, match=field):
+        ModelShape.from_hf_config(cfg)
