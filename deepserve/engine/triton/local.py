@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -105,6 +106,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 
+#: Triton admin APIs (HTTP) / protocols (gRPC) that need the per-server admin key header:
+#: loading/unloading models, changing log settings, tracing and shared-memory registration
+#: are never for tenants. See tritonserver --help (--http-restricted-api).
+RESTRICTED_APIS = "model-repository,logging,trace,shared-memory"
+ADMIN_KEY_HEADER = "deepserve-triton-admin-key"
+
+
+def restricted_api_args(admin_key: str) -> list[str]:
+    """tritonserver flags that refuse the admin APIs unless ``ADMIN_KEY_HEADER`` carries ``admin_key``."""
+    setting = f"{RESTRICTED_APIS}:{ADMIN_KEY_HEADER}={admin_key}"
+    return [f"--http-restricted-api={setting}", f"--grpc-restricted-protocol={setting}"]
+
+
 class LocalTriton:
     """A tritonserver child process serving ``model_repository`` on ``host``.
 
@@ -144,6 +158,7 @@ class LocalTriton:
         self._log_path = Path(log_path) if log_path else None
         self._log_file: object | None = None
         self.process: subprocess.Popen[bytes] | None = None
+        self.admin_key = secrets.token_hex(16)
 
     @property
     def http_url(self) -> str:
@@ -207,6 +222,7 @@ class LocalTriton:
             "--allow-vertex-ai=false",
             f"--log-verbose={self.log_verbose}",
             "--exit-timeout-secs=30",
+            *restricted_api_args(self.admin_key),
         ]
 
     def start(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from deepserve.engine.triton.local import ADMIN_KEY_HEADER, RESTRICTED_APIS
 from deepserve.operator.builders.context import (
     ANNOTATION_CONFIG_HASH,
     CACHE_DIR,
@@ -36,6 +37,18 @@ READY_PATH, LIVE_PATH = "/v2/health/ready", "/v2/health/live"
 def termination_grace_seconds(drain_s: int, exit_timeout_s: int) -> int:
     """preStop drain + Triton's exit timeout + a margin for process teardown."""
     return drain_s + exit_timeout_s + 10
+
+
+# Starts tritonserver with its admin APIs (model loading, logging, trace, shared memory)
+# behind a key drawn from /dev/urandom at container start: the key is in no manifest, Secret,
+# env var or log, so nothing outside the Triton process can use those APIs. "$@" is the
+# container's args (triton_args); $0 is "tritonserver".
+TRITON_LAUNCH = (
+    "key=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n'); "
+    f'setting="{RESTRICTED_APIS}:{ADMIN_KEY_HEADER}=$key"; '
+    'exec tritonserver "$@" --http-restricted-api="$setting" --grpc-restricted-protocol="$setting"'
+)
+TRITON_COMMAND = ["/bin/sh", "-c", TRITON_LAUNCH, "tritonserver"]
 
 
 def triton_args(model: str, exit_timeout_s: int) -> list[str]:
@@ -133,7 +146,7 @@ def build_deployment(ctx: BuildContext, version: str) -> dict[str, Any]:
         "name": "triton",
         "image": v.image or ctx.settings.engine_image,
         "imagePullPolicy": rt.pull_policy,
-        "command": ["tritonserver"],
+        "command": list(TRITON_COMMAND),
         "args": triton_args(ctx.model.name, rt.exit_timeout_s),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},

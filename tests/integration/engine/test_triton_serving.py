@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from deepserve.engine.options import EngineOptions
-from deepserve.engine.triton.local import LocalTriton
+from deepserve.engine.triton.local import ADMIN_KEY_HEADER, LocalTriton
 from deepserve.engine.triton.repository import write_model_repository
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -185,3 +185,43 @@ def test_metrics_and_usage_events_count_the_tokens(served: dict[str, Any]) -> No
     assert value("deepserve_time_to_first_token_seconds_count{") >= 1
     assert value('deepserve_precision_info{model="tiny",precision="fp32"') == 1
     assert value("nv_inference_request_success{") > 0
+
+
+def _admin(server: LocalTriton, method: str, path: str, key: str | None) -> int:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers[ADMIN_KEY_HEADER] = key
+    data = b"{}" if method == "POST" else None
+    req = urllib.request.Request(f"http://{server.http_url}{path}", data=data, headers=headers,
+                                 method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v2/logging"),
+                                              ("POST", "/v2/repository/index"),
+                                              ("GET", "/v2/trace/setting")])
+def test_admin_apis_need_the_admin_key(served: dict[str, Any], method: str, path: str) -> None:
+    server: LocalTriton = served["server"]
+    assert _admin(server, method, path, None) == 403
+    assert _admin(server, method, path, "not-the-key") == 403
+    assert _admin(server, method, path, server.admin_key) == 200
+    # inference is not restricted: a tenant request still answers
+    status, body = _post(server, "generate", {"text_input": "hi", "max_tokens": 2, "stream": False})
+    assert status == 200 and json.loads(body)["text_output"] == _expected(served, "hi", 2)
+
+
+def test_grpc_repository_index_needs_the_admin_key(served: dict[str, Any]) -> None:
+    server: LocalTriton = served["server"]
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(Exception, match="protocol is restricted"):
+        client.get_model_repository_index()
+    # Triton's gRPC side expects the header with its own prefix
+    header = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"
+    with pytest.raises(Exception, match="protocol is restricted"):
+        client.get_model_repository_index(headers={header: "not-the-key"})
+    index = client.get_model_repository_index(headers={header: server.admin_key})
+    assert MODEL in {m.name for m in index.models}
