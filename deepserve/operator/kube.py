@@ -23,7 +23,7 @@ _PLURALS = {
     "CustomResourceDefinition": "customresourcedefinitions", "ClusterKopfPeering": "clusterkopfpeerings",
     "KopfPeering": "kopfpeerings", "Lease": "leases",
 }
-_CLUSTER_SCOPED = {"Node", "Namespace", "GPUNodePool", "CustomResourceDefinition", "ClusterKopfPeering",
+_CLUSTER_SCOPED = {"Node", "Namespace", "GPUNodePool", "Tenant", "CustomResourceDefinition", "ClusterKopfPeering",
                    "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from deepserve.operator.api import gpunodepool_schema, inferencemodel_schema
+from deepserve.operator.api import gpunodepool_schema, inferencemodel_schema, tenant_schema
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,17 @@ def gpu_node_pool_crd() -> dict[str, Any]:
     )
 
 
+def tenant_crd() -> dict[str, Any]:
+    """The Tenant CRD as a dict (cluster-scoped: see docs/tenancy.md)."""
+    t = tenant_schema
+    return _crd(
+        kind="Tenant", plural="tenants", short=["tn"], scope="Cluster",
+        spec=t.SPEC, status=t.STATUS, columns=t.PRINTER_COLUMNS, root_rules=t.ROOT_RULES, scale=None,
+        description="A paying caller of the gateway: the models it may use, its limits and spend cap. "
+                    "Its API keys are Secrets labelled deepserve.io/tenant=<name>.",
+    )
+
+
 def kopf_peering_crd(namespaced: bool = False) -> dict[str, Any]:
     """kopf's (Cluster)KopfPeering CRD: operator replicas see each other and only one acts."""
     kind = "KopfPeering" if namespaced else "ClusterKopfPeering"
@@ -115,7 +126,7 @@ def kopf_peering_crd(namespaced: bool = False) -> dict[str, Any]:
 
 def all_crds() -> list[dict[str, Any]]:
     """Every CRD the operator needs (deepserve's own plus kopf's peering)."""
-    return [inference_model_crd(), gpu_node_pool_crd(), kopf_peering_crd(), kopf_peering_crd(namespaced=True)]
+    return [inference_model_crd(), gpu_node_pool_crd(), tenant_crd(), kopf_peering_crd(), kopf_peering_crd(namespaced=True)]
 
 
 def render_crds() -> dict[str, str]:

@@ -30,6 +30,7 @@ SCALE_METRICS = ["inflightRequests", "queueTimeMicroseconds", "tokensPerSecond"]
 MAX_MODEL_NAME = 40
 MAX_VERSION_NAME = 20
 MAX_VERSIONS = 8
+ALIAS = r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$"
 
 _URI_RULES = [
     rule(
@@ -295,6 +296,11 @@ SPEC = obj(
             "Who pays for this model's usage.",
             {"account": string("Billing account charged for usage.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                                max_length=63)},
+        ),
+        "aliases": array(
+            "Other names callers may give as the OpenAI `model` (besides <namespace>/<name>), e.g. tiny-chat.",
+            string("An alias: lowercase letters, digits, '-', '.', '_' (no '/').", pattern=ALIAS, max_length=63),
+            max_items=16, list_type="set",
         ),
     },
     required=["source"],

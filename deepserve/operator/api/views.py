@@ -183,6 +183,7 @@ class InferenceModelSpec:
     runtime: Runtime
     versions: tuple[Version, ...]
     billing_account: str | None
+    aliases: tuple[str, ...] = ()  # other OpenAI `model` names for this model
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> InferenceModelSpec:
@@ -204,7 +205,7 @@ class InferenceModelSpec:
         _check_parallelism(engine, resources)
         versions = _versions(d.get("versions", []), source, engine, runtime)
         return cls(source, engine, resources, placement, scaling, runtime, versions,
-                   d.get("billing", {}).get("account"))
+                   d.get("billing", {}).get("account"), tuple(d.get("aliases", [])))
 
 
 def _scaling(s: dict[str, Any]) -> Scaling:
