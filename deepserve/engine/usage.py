@@ -46,10 +46,73 @@ log = logging.getLogger(__name__)
 
 #: Namespace for uuid5 event ids: ``uuid5(USAGE_NAMESPACE, "namespace/model/version/request_id")``.
 USAGE_NAMESPACE = uuid.UUID("6f6b1d0e-6a43-5c1e-9a57-5d2f0c3b9d11")
+
+# -- The contract: every rule of a usage event, defined once -------------------------------
+# The ingest side (deepserve.operator.metering.wire) builds its decoder from these and
+# applies exactly these checks; nothing below is copied anywhere else.
+
+#: Outcomes of a request.
 STATUSES = ("ok", "cancelled", "error")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,252}$")
-_PRECISION_RE = re.compile(r"^[a-z0-9][a-z0-9_+-]{0,31}$")
-_MAX_TOKENS = 10**12
+#: model, version, namespace, account and request_id: 1..253 characters of this class.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,252}$")
+#: precision: a short lower-case tag (bf16, fp8, int4-awq, ...).
+PRECISION_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_+-]{0,31}$")
+#: Largest token count an event may carry (prompt_tokens, generated_tokens).
+MAX_TOKENS = 10**12
+#: tenant: the gateway-authenticated caller, 1..TENANT_MAX_LEN printable characters or null.
+TENANT_MAX_LEN = 128
+#: Fields that hold names matched by NAME_PATTERN.
+NAME_FIELDS = ("model", "version", "namespace", "account", "request_id")
+#: The wire type of every field, in order (JSON: numbers may be integers; times are text).
+WIRE_TYPES: dict[str, Any] = {
+    "event_id": str, "model": str, "version": str, "namespace": str, "account": str,
+    "request_id": str, "prompt_tokens": int, "generated_tokens": int,
+    "compute_ms": int | float, "precision": str, "started_at": str, "ended_at": str,
+    "status": str, "tenant": str | None, "queue_ms": int | float | None,
+    "ttft_ms": int | float | None,
+}
+
+NAME_MATCH = NAME_PATTERN.match
+PRECISION_MATCH = PRECISION_PATTERN.match
+#: Names and precision tags already seen valid (a cache: names are few, request ids are
+#: not cached). Membership means "valid"; :func:`names_ok` and :func:`precision_ok` fill them.
+KNOWN_NAMES: set[str] = set()
+KNOWN_PRECISIONS: set[str] = {"fp32", "bf16", "fp16", "fp8"}
+
+
+def names_ok(*values: Any) -> bool:
+    """True when every value is a str matching NAME_PATTERN (valid ones are cached)."""
+    for value in values:
+        if value not in KNOWN_NAMES:
+            if type(value) is not str or not NAME_MATCH(value):
+                return False
+            if len(KNOWN_NAMES) > 4096:  # bounded
+                KNOWN_NAMES.clear()
+            KNOWN_NAMES.add(value)
+    return True
+
+
+def precision_ok(value: Any) -> bool:
+    """True when ``value`` is a precision tag matching PRECISION_PATTERN (cached)."""
+    if value in KNOWN_PRECISIONS:
+        return True
+    if type(value) is not str or not PRECISION_MATCH(value):
+        return False
+    if len(KNOWN_PRECISIONS) > 256:
+        KNOWN_PRECISIONS.clear()
+    KNOWN_PRECISIONS.add(value)
+    return True
+
+
+def tenant_ok(value: Any) -> bool:
+    """True for null or 1..TENANT_MAX_LEN printable characters."""
+    return value is None or (type(value) is str and 0 < len(value) <= TENANT_MAX_LEN
+                             and value.isprintable())
+
+
+def tokens_ok(value: Any) -> bool:
+    """True for an int (not bool) in 0..MAX_TOKENS."""
+    return type(value) is int and 0 <= value <= MAX_TOKENS
 
 
 class UsageEventError(ValueError):
@@ -62,18 +125,30 @@ class UsageEventError(ValueError):
 
 
 _NS_BYTES = USAGE_NAMESPACE.bytes
+_SHA1 = hashlib.sha1
+
+
+def event_key(namespace: str, model: str, version: str, request_id: str) -> tuple[str, bytes]:
+    """The event id of a request (uuid5 text, RFC 4122 §4.3) and its 16 bytes."""
+    # Same bytes as uuid.uuid5, without the UUID object: this runs once per ingested event.
+    # sha1 without usedforsecurity=False (the keyword costs 0.7 µs a call); where FIPS mode
+    # refuses that, the keyword is given.
+    data = _NS_BYTES + f"{namespace}/{model}/{version}/{request_id}".encode()
+    try:
+        digest = _SHA1(data).digest()
+    except ValueError:
+        digest = hashlib.sha1(data, usedforsecurity=False).digest()
+    raw = bytearray(digest[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", bytes(raw)
 
 
 def make_event_id(namespace: str, model: str, version: str, request_id: str) -> str:
     """Return the deterministic event id for a request: the string form of
     ``uuid5(USAGE_NAMESPACE, "namespace/model/version/request_id")`` (RFC 4122 §4.3)."""
-    # Same bytes as uuid.uuid5, without the UUID object: this runs once per ingested event.
-    name = f"{namespace}/{model}/{version}/{request_id}".encode()
-    raw = bytearray(hashlib.sha1(_NS_BYTES + name, usedforsecurity=False).digest()[:16])
-    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return event_key(namespace, model, version, request_id)[0]
 
 
 def format_time(value: datetime) -> str:
@@ -102,20 +177,10 @@ def parse_time(value: Any, field: str) -> datetime:
     return parsed.astimezone(UTC)
 
 
-_VALID_NAMES: set[str] = set()
-_VALID_PRECISIONS: set[str] = {"fp32", "bf16", "fp16", "fp8"}
-
-
-def _remember(value: str) -> None:
-    if len(_VALID_NAMES) > 4096:  # bounded: names are few, request ids are not cached
-        _VALID_NAMES.clear()
-    _VALID_NAMES.add(value)
-
-
 def _check_name(field: str, value: Any, *, optional: bool = False) -> None:
     if value is None and optional:
         return
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if type(value) is not str or not NAME_MATCH(value):
         raise UsageEventError(field, f"must be a non-empty name of [A-Za-z0-9._:/@+-], got {value!r}")
 
 
@@ -124,7 +189,7 @@ def _check_count(field: str, value: Any) -> None:
         raise UsageEventError(field, f"must be an integer, got {value!r}")
     if value < 0:
         raise UsageEventError(field, f"must not be negative, got {value}")
-    if value > _MAX_TOKENS:
+    if value > MAX_TOKENS:
         raise UsageEventError(field, f"implausibly large: {value}")
 
 
@@ -141,8 +206,10 @@ def _check_ms(field: str, value: Any, *, optional: bool = False) -> None:
 class UsageEvent:
     """What one request used. Validated on construction; invalid input raises UsageEventError.
 
-    ``tenant`` is a per-request tag supplied by the caller and therefore untrusted: it is
-    recorded as a dimension, never used to decide who pays (``account`` does that).
+    ``account`` is the model owner's billing account (charged the model's GPU-hours);
+    ``tenant`` is the caller the gateway authenticated (header ``X-Deepserve-Tenant``, put
+    in by the engine pod's OpenAI frontend): when set, the request's token and request
+    charges are billed to it (docs/metering.md, "Billed to the caller").
     ``queue_ms`` and ``ttft_ms`` (time to first token) are optional timing details.
     """
 
@@ -167,23 +234,21 @@ class UsageEvent:
         # Hot path (every ingested event): cheap exact-type checks first; the detailed
         # checkers run only to build the error message. Names repeat, so valid ones are
         # cached; request ids do not, so they are always matched.
-        valid = _VALID_NAMES
+        valid = KNOWN_NAMES
         if not (self.model in valid and self.version in valid and self.namespace in valid
                 and self.account in valid):
             for name in ("model", "version", "namespace", "account"):
                 value = getattr(self, name)
-                _check_name(name, value)
-                _remember(value)
+                if not names_ok(value):
+                    _check_name(name, value)
         rid = self.request_id
-        if type(rid) is not str or not _NAME_MATCH(rid):
+        if type(rid) is not str or not NAME_MATCH(rid):
             _check_name("request_id", rid)
-        tenant = self.tenant
-        if tenant is not None and (type(tenant) is not str or not 0 < len(tenant) <= 128
-                                   or not tenant.isprintable()):
-            raise UsageEventError("tenant", "must be 1..128 printable characters or null")
+        if not tenant_ok(self.tenant):
+            raise UsageEventError(
+                "tenant", f"must be 1..{TENANT_MAX_LEN} printable characters or null")
         pt, gt = self.prompt_tokens, self.generated_tokens
-        if not (type(pt) is int and type(gt) is int and 0 <= pt <= _MAX_TOKENS
-                and 0 <= gt <= _MAX_TOKENS):
+        if not (tokens_ok(pt) and tokens_ok(gt)):
             _check_count("prompt_tokens", pt)
             _check_count("generated_tokens", gt)
         cms, qms, tms = self.compute_ms, self.queue_ms, self.ttft_ms
@@ -193,11 +258,9 @@ class UsageEvent:
             _check_ms("queue_ms", qms)
         if tms is not None and not (type(tms) is float and 0.0 <= tms < math.inf):
             _check_ms("ttft_ms", tms)
-        if self.precision not in _VALID_PRECISIONS:
-            if not isinstance(self.precision, str) or not _PRECISION_RE.match(self.precision):
-                raise UsageEventError("precision",
-                                      f"must be a short lower-case tag, got {self.precision!r}")
-            _VALID_PRECISIONS.add(self.precision)
+        if not precision_ok(self.precision):
+            raise UsageEventError("precision",
+                                  f"must be a short lower-case tag, got {self.precision!r}")
         if self.status not in STATUSES:
             raise UsageEventError("status",
                                   f"must be one of {', '.join(STATUSES)}, got {self.status!r}")
@@ -250,8 +313,11 @@ _FIELD_ORDER = tuple(f.name for f in dataclasses.fields(UsageEvent))
 _FIELD_SET = frozenset(_FIELD_ORDER)
 _REQUIRED = frozenset(f.name for f in dataclasses.fields(UsageEvent)
                       if f.default is dataclasses.MISSING)
-_NAME_FIELDS = ("model", "version", "namespace", "account", "request_id")
-_NAME_MATCH = _NAME_RE.match
+if tuple(WIRE_TYPES) != _FIELD_ORDER:  # the contract's two views of the fields must agree
+    raise AssertionError("WIRE_TYPES and UsageEvent's fields differ")
+#: Each field's default on the wire (fields without one are required).
+WIRE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(UsageEvent)
+                                 if f.default is not dataclasses.MISSING}
 
 
 def encode_batch(events: Iterable[UsageEvent]) -> bytes:

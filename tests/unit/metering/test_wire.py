@@ -146,3 +146,10 @@ def test_ingest_json_duplicates_across_batches_and_reopen(tmp_path) -> None:
         assert led.event_count() == 30
         hourly = led._read("SELECT SUM(requests) FROM usage_hourly")[0][0]
         assert hourly == 30
+
+
+def test_wire_struct_is_built_from_the_contract_types() -> None:
+    from deepserve.engine.usage import WIRE_TYPES
+    fields = msgspec.structs.fields(_WireEvent)
+    assert [f.name for f in fields] == list(WIRE_TYPES)
+    assert [f.type for f in fields] == list(WIRE_TYPES.values())
