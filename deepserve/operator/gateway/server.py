@@ -1,4 +1,4 @@
-"""The gateway's aiohttp app: authenticate, check the plan and limits, proxy OpenAI requests.
+"""The gateway's aiohttp app: authenticate, check the plan and limits, route, proxy.
 
 Nothing reaches an upstream before the key, the plan's model list and the limits all pass.
 Upstream requests carry only headers the gateway builds itself (so a caller's
@@ -9,46 +9,60 @@ learns the token count; the usage chunk reaches the caller only when the caller 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import msgspec
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from deepserve.engine.openai_api import (
-    DONE_EVENT,
-    MAX_BODY_BYTES,
-    OpenAIError,
-    parse_chat,
-    parse_completion,
+from deepserve.engine.openai_api import MAX_BODY_BYTES, OpenAIError, parse_chat, parse_completion
+from deepserve.operator.gateway.hold import HoldConfig, Holder, ScaleUp
+from deepserve.operator.gateway.limits import Refusal, TenantLimiter, Ticket, estimate_tokens
+from deepserve.operator.gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
+from deepserve.operator.gateway.prefix import block_hashes
+from deepserve.operator.gateway.proxy import (
+    REQUEST_ID_HEADER,
+    VERSION_HEADER,
+    Outcome,
+    relay_stream,
+    relay_whole,
 )
-from deepserve.operator.gateway.limits import TenantLimiter
+from deepserve.operator.gateway.routing import ModelRoute, Router, VersionState
 from deepserve.operator.tenancy import Authenticator, Principal, SpendSource
 
 log = logging.getLogger(__name__)
 
 TENANT_HEADER = "X-Deepserve-Tenant"
-REQUEST_ID_HEADER = "X-Request-Id"
+SESSION_HEADER = "X-Deepserve-Session"
+__all__ = ["SESSION_HEADER", "TENANT_HEADER", "Gateway", "GatewayConfig", "ModelRoute"]
 
 
 @dataclass(frozen=True)
-class ModelRoute:
-    """One servable model: ``namespace/name``, its aliases and labels, and its upstream URL."""
+class GatewayConfig:
+    """Timeouts and bounds of one gateway process."""
 
-    namespace: str
-    name: str
-    upstream: str  # e.g. http://<podIP>:9000
-    labels: dict[str, str] = field(default_factory=dict)
-    aliases: tuple[str, ...] = ()
+    body_timeout_s: float = 30.0  # a caller must send its whole body within this (else 408)
+    keepalive_timeout_s: float = 15.0  # idle connections (also ones that never send) closed
+    upstream_connect_s: float = 5.0
+    upstream_read_s: float = 300.0  # longest silence between two upstream chunks
+    default_max_tokens: int = 256  # token estimate for a request without max_tokens
+    hold: HoldConfig = field(default_factory=HoldConfig)
 
-    @property
-    def full_name(self) -> str:
-        """``namespace/name``."""
-        return f"{self.namespace}/{self.name}"
+
+class Discovery(Protocol):
+    """Keeps the gateway's routes in step with the cluster (see ``gateway.discovery``)."""
+
+    def start(self, apply: Callable[[list[ModelRoute]], None]) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def _error(exc: OpenAIError, headers: dict[str, str] | None = None) -> web.Response:
@@ -57,8 +71,20 @@ def _error(exc: OpenAIError, headers: dict[str, str] | None = None) -> web.Respo
     )
 
 
+def _not_found(model: str) -> OpenAIError:
+    return OpenAIError(
+        404, f"the model '{model}' does not exist", param="model", code="model_not_found"
+    )
+
+
+class _Refused(Exception):
+    def __init__(self, error: OpenAIError, reason: str, headers: dict[str, str] | None = None):
+        super().__init__(error.message)
+        self.error, self.reason, self.headers = error, reason, headers
+
+
 class Gateway:
-    """The OpenAI front door for a fixed set of routes; ``app()`` builds the aiohttp app."""
+    """The OpenAI front door; ``app()`` builds the aiohttp app, ``start()`` serves it."""
 
     def __init__(
         self,
@@ -67,67 +93,125 @@ class Gateway:
         spend: SpendSource | None = None,
         limiter: TenantLimiter | None = None,
         new_request_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        *,
+        config: GatewayConfig | None = None,
+        scale_up: ScaleUp | None = None,
+        discovery: Discovery | None = None,
+        router: Router | None = None,
     ) -> None:
         self._auth = authenticator
         self._spend = spend
         self._limiter = limiter or TenantLimiter()
         self._new_id = new_request_id
-        self._routes: dict[str, ModelRoute] = {}
-        for route in routes:
-            for key in (route.full_name, *route.aliases):
-                self._routes[key] = route
+        self.config = config or GatewayConfig()
+        self.router = router or Router()
+        self.router.set_routes(routes)
+        self.metrics = GatewayMetrics()
+        self.holder = Holder(self.config.hold, scale_up, self.metrics)
+        self._discovery = discovery
         self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
 
+    def set_routes(self, routes: Sequence[ModelRoute]) -> None:
+        """Replace the routes (call on the gateway's event loop); held requests wake up."""
+        self.router.set_routes(routes)
+
+    # ---- serving -----------------------------------------------------------
     def app(self) -> web.Application:
-        """The aiohttp application (body limit one byte over ``MAX_BODY_BYTES`` -> 413)."""
+        """The aiohttp application (body limit ``MAX_BODY_BYTES`` -> 413)."""
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
-        app.on_startup.append(self._start)
-        app.on_cleanup.append(self._stop)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/held/{namespace}", self._held)
+        app.router.add_get("/healthz", self._healthz)
+        app.on_startup.append(self._on_start)
+        app.on_cleanup.append(self._on_stop)
         return app
 
-    async def _start(self, _app: web.Application) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_connect=5))
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> int:
+        """Serve on ``host:port`` (0: a free port) with the idle timeouts; returns the port.
 
-    async def _stop(self, _app: web.Application) -> None:
+        A handler whose caller disconnects is cancelled, which closes its upstream request.
+        """
+        self._runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            keepalive_timeout=self.config.keepalive_timeout_s,
+            handler_cancellation=True,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, backlog=1024)
+        await site.start()
+        return int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Stop serving and close upstream connections."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _on_start(self, _app: web.Application) -> None:
+        timeout = aiohttp.ClientTimeout(
+            sock_connect=self.config.upstream_connect_s, sock_read=self.config.upstream_read_s
+        )
+        self._session = aiohttp.ClientSession(
+            timeout=timeout, connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
+        )
+        if self._discovery is not None:
+            loop = asyncio.get_running_loop()
+
+            def apply(routes: list[ModelRoute]) -> None:  # called from the discovery thread
+                loop.call_soon_threadsafe(self.set_routes, routes)
+
+            self._discovery.start(apply)
+
+    async def _on_stop(self, _app: web.Application) -> None:
+        if self._discovery is not None:
+            self._discovery.stop()
         if self._session is not None:
             await self._session.close()
 
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _held(self, request: web.Request) -> web.Response:
+        body = self.metrics.held_text(request.match_info["namespace"])
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "models": len(self.router.routes())})
+
+    # ---- one request -------------------------------------------------------
     def _principal(self, request: web.Request) -> Principal:
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
         principal = self._auth.authenticate(key.strip()) if scheme.lower() == "bearer" else None
         if principal is None:
-            raise OpenAIError(
-                401,
-                "invalid or missing API key",
-                type="authentication_error",
-                code="invalid_api_key",
+            error = OpenAIError(
+                401, "invalid or missing API key", type="authentication_error", code="invalid_api_key"
             )
+            raise _Refused(error, "auth")
         return principal
 
     def _route(self, principal: Principal, model: str) -> ModelRoute:
-        route = self._routes.get(model)
-        if route is None or not principal.plan.models.allows(
-            route.namespace, route.name, route.labels
-        ):
-            # Outside the plan reads exactly like a model that does not exist.
-            raise OpenAIError(
-                404, f"the model '{model}' does not exist", param="model", code="model_not_found"
-            )
+        route = self.router.lookup(model)
+        if route is None or not principal.plan.models.allows(route.namespace, route.name, route.labels):
+            raise _Refused(_not_found(model), "model_not_found")  # outside the plan reads the same
         return route
 
     async def _models(self, request: web.Request) -> web.Response:
         try:
             principal = self._principal(request)
-        except OpenAIError as exc:
-            return _error(exc)
-        seen = {r.full_name: r for r in self._routes.values()}
+        except _Refused as refused:
+            self.metrics.refusals.labels(refused.reason).inc()
+            return _error(refused.error)
         data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": r.namespace}
-            for name, r in sorted(seen.items())
+            {"id": r.full_name, "object": "model", "created": 0, "owned_by": r.namespace}
+            for r in self.router.routes()
             if principal.plan.models.allows(r.namespace, r.name, r.labels)
         ]
         return web.json_response({"object": "list", "data": data})
@@ -138,117 +222,144 @@ class Gateway:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "/v1/chat/completions", parse_chat)
 
+    async def _read_body(self, request: web.Request) -> bytes:
+        try:
+            return await asyncio.wait_for(request.read(), self.config.body_timeout_s)
+        except web.HTTPRequestEntityTooLarge as exc:
+            error = OpenAIError(413, f"request body is larger than {MAX_BODY_BYTES} bytes",
+                                code="body_too_large")
+            raise _Refused(error, "body_too_large") from exc
+        except TimeoutError as exc:
+            error = OpenAIError(408, f"request body not received within {self.config.body_timeout_s:g}s",
+                                code="request_timeout")
+            raise _Refused(error, "body_timeout") from exc
+
     async def _serve(
         self, request: web.Request, path: str, parse: Callable[[bytes], Any]
     ) -> web.StreamResponse:
+        started = time.monotonic()
+        model_label = UNKNOWN_MODEL
+        status = 500
         try:
             principal = self._principal(request)
+            body = await self._read_body(request)
             try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge as exc:
-                raise OpenAIError(
-                    413,
-                    f"request body is larger than {MAX_BODY_BYTES} bytes",
-                    code="body_too_large",
-                ) from exc
-            parsed = parse(body)
+                parsed = parse(body)
+            except OpenAIError as exc:
+                raise _Refused(exc, "bad_request") from exc
             route = self._route(principal, parsed.model)
+            model_label = route.full_name
             self._check_spend(principal)
-        except OpenAIError as exc:
-            return _error(exc)
-        plan = principal.plan
-        refusal = self._limiter.admit(principal.tenant, plan)
-        if refusal is not None:
-            limited = OpenAIError(
-                429, refusal.reason, type="rate_limit_error", code="rate_limit_exceeded"
+            version = self.router.choose_version(
+                route, request.headers.get(VERSION_HEADER), request.headers.get(SESSION_HEADER)
             )
-            return _error(limited, {"Retry-After": str(refusal.retry_after_s)})
+            if version is None:
+                error = OpenAIError(404, f"model '{route.full_name}' has no version "
+                                    f"'{request.headers.get(VERSION_HEADER)}'", code="version_not_found")
+                raise _Refused(error, "version_not_found")
+            prompt = parsed.prompt if path == "/v1/completions" else "".join(
+                f"{m.role}\n{m.content}\n" for m in parsed.messages)
+            estimate = estimate_tokens(len(prompt.encode()), parsed.max_tokens,
+                                       self.config.default_max_tokens)
+            ticket = self._admit(principal, estimate)
+        except _Refused as refused:
+            self.metrics.refusals.labels(refused.reason).inc()
+            self.metrics.requests.labels(model_label, str(refused.error.status)).inc()
+            return _error(refused.error, refused.headers)
         try:
             forward: dict[str, Any] = msgspec.json.decode(body)
             forward["model"] = route.full_name
             if parsed.stream:
                 forward["stream_options"] = {"include_usage": True}
-            return await self._proxy(request, principal, route, path, forward, parsed)
+            response, outcome = await self._proxy(
+                request, principal, route, version, path, forward, parsed, block_hashes(prompt), started
+            )
+            status = outcome.status
+            tokens = outcome.tokens
+            if tokens is not None:
+                self.metrics.tokens.labels(model_label).inc(tokens)
+                self._limiter.settle(ticket, tokens)
+            elif status != 200:
+                self._limiter.settle(ticket, 0)  # nothing was generated
+            return response
         finally:
-            self._limiter.release(principal.tenant)
+            self._limiter.release(ticket)
+            self.metrics.requests.labels(model_label, str(status)).inc()
+            self.metrics.latency.labels(model_label).observe(time.monotonic() - started)
+
+    def _admit(self, principal: Principal, estimate: int) -> Ticket:
+        got = self._limiter.admit(principal.tenant, principal.plan, estimate)
+        if isinstance(got, Refusal):
+            error = OpenAIError(429, got.reason, type="rate_limit_error", code="rate_limit_exceeded")
+            raise _Refused(error, f"rate_{got.limit}", {"Retry-After": str(got.retry_after_s)})
+        return got
 
     def _check_spend(self, principal: Principal) -> None:
         cap = principal.plan.monthly_spend_cap
         if cap is None or self._spend is None:
             return
         if self._spend.month_to_date(principal.tenant) >= cap:
-            raise OpenAIError(
-                402,
-                "monthly spend cap reached",
-                type="insufficient_quota",
-                code="spend_cap_reached",
-            )
+            error = OpenAIError(402, "monthly spend cap reached", type="insufficient_quota",
+                                code="spend_cap_reached")
+            raise _Refused(error, "spend_cap")
 
     async def _proxy(
         self,
         request: web.Request,
         principal: Principal,
         route: ModelRoute,
+        version: str,
         path: str,
         forward: dict[str, Any],
         parsed: Any,
-    ) -> web.StreamResponse:
+        hashes: list[int],
+        started: float,
+    ) -> tuple[web.StreamResponse, Outcome]:
         assert self._session is not None
         request_id = self._new_id()
-        headers = {
-            "Content-Type": "application/json",
-            TENANT_HEADER: principal.tenant,
-            REQUEST_ID_HEADER: request_id,
-        }
-        url = route.upstream.rstrip("/") + path
-        try:
-            async with self._session.post(
-                url, data=msgspec.json.encode(forward), headers=headers
-            ) as upstream:
-                if not parsed.stream or upstream.status != 200:
-                    payload = await upstream.read()
-                    return web.Response(
-                        status=upstream.status,
-                        body=payload,
-                        content_type=upstream.content_type,
-                        headers={REQUEST_ID_HEADER: request_id},
-                    )
-                return await self._relay_stream(request, upstream, request_id, parsed.include_usage)
-        except aiohttp.ClientError as exc:
-            log.warning("upstream %s for %s failed: %s", route.full_name, request_id, exc)
-            return _error(
-                OpenAIError(502, "the model's server could not be reached", type="api_error"),
-                {REQUEST_ID_HEADER: request_id},
-            )
+        headers = {"Content-Type": "application/json", TENANT_HEADER: principal.tenant,
+                   REQUEST_ID_HEADER: request_id}
+        back = {REQUEST_ID_HEADER: request_id, VERSION_HEADER: version}
+        data = msgspec.json.encode(forward)
+        while True:
+            state = self.router.state(route, version)
+            if state is None:
+                return _error(_not_found(route.full_name), back), Outcome(404)
+            url = self.router.pick(state, hashes)
+            if url is None:
+                try:
+                    await self.holder.wait((route.namespace, route.name, version), state, started)
+                except OpenAIError as exc:
+                    return _error(exc, {**back, "Retry-After": "1"}), Outcome(exc.status)
+                continue
+            try:
+                return await self._forward(request, state, url, path, data, headers, back, parsed, hashes)
+            except aiohttp.ClientConnectorError as exc:  # never reached the pod: safe to re-hold
+                log.warning("%s: replica %s refused (%s); holding %s", route.full_name, url, exc, request_id)
+                self.router.drop_upstream(state, url)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("upstream %s for %s failed: %s", route.full_name, request_id, exc)
+                error = OpenAIError(502, "the model's server could not be reached", type="api_error")
+                return _error(error, back), Outcome(502)
 
-    async def _relay_stream(
+    async def _forward(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
-        request_id: str,
-        include_usage: bool,
-    ) -> web.StreamResponse:
-        out = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                REQUEST_ID_HEADER: request_id,
-            }
-        )
-        await out.prepare(request)
-        async for line in upstream.content:
-            if not line.startswith(b"data: "):
-                continue
-            event = line.rstrip(b"\r\n") + b"\n\n"
-            if event == DONE_EVENT:
-                await out.write(event)
-                break
-            chunk = msgspec.json.decode(event[6:])
-            if not chunk.get("choices") and chunk.get("usage") and not include_usage:
-                continue  # usage was forced upstream for billing; the caller did not ask
-            if not include_usage:
-                chunk.pop("usage", None)
-                event = b"data: " + msgspec.json.encode(chunk) + b"\n\n"
-            await out.write(event)
-        await out.write_eof()
-        return out
+        state: VersionState,
+        url: str,
+        path: str,
+        data: bytes,
+        headers: dict[str, str],
+        back: dict[str, str],
+        parsed: Any,
+        hashes: list[int],
+    ) -> tuple[web.StreamResponse, Outcome]:
+        assert self._session is not None
+        self.router.started(state, url, hashes)
+        try:
+            async with self._session.post(url.rstrip("/") + path, data=data, headers=headers) as up:
+                if not parsed.stream or up.status != 200:
+                    return await relay_whole(up, back)
+                return await relay_stream(request, up, back, parsed.include_usage)
+        finally:
+            self.router.finished(state, url)

@@ -3,94 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
-import msgspec
 import openai
 import pytest
 from aiohttp import web
-from multidict import CIMultiDict
+from gateway_fakes import KEY_A, KEY_B, FakePod, MemoryKeys, client
+from gateway_fakes import serve as _serve
 
-from deepserve.engine.openai_api import (
-    DONE_EVENT,
-    MAX_BODY_BYTES,
-    chat_chunk,
-    completion_chunk,
-    completion_response,
-    sse_event,
-    usage,
-)
+from deepserve.engine.openai_api import MAX_BODY_BYTES
 from deepserve.operator.gateway.server import Gateway, ModelRoute
 from deepserve.operator.tenancy import ModelSelector, Principal, TenantPlan
-
-KEY_A = "ds-aaaaaaaaaaaa-secretA"
-KEY_B = "ds-bbbbbbbbbbbb-secretB"
-
-
-class MemoryKeys:
-    """A tiny Authenticator: exact keys, compared in constant time."""
-
-    def __init__(self, keys: dict[str, Principal]) -> None:
-        self.keys = keys
-
-    def authenticate(self, presented_key: str) -> Principal | None:
-        found = None
-        for key, principal in self.keys.items():
-            if hmac.compare_digest(key.encode(), presented_key.encode()):
-                found = principal
-        return found
-
-
-@dataclass
-class FakePod:
-    """Speaks the pod's OpenAI protocol and records what reached it."""
-
-    seen: list[tuple[CIMultiDict[str], dict[str, Any]]] = field(default_factory=list)
-    hold: asyncio.Event | None = None
-
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        body = msgspec.json.decode(await request.read())
-        self.seen.append((request.headers.copy(), body))
-        if self.hold is not None:
-            await self.hold.wait()
-        words = ["hello", " world"]
-        if not body.get("stream"):
-            return web.json_response(
-                completion_response("c1", body["model"], "".join(words), "stop", 3, 2)
-            )
-        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await out.prepare(request)
-        chunk = chat_chunk if request.path.endswith("chat/completions") else completion_chunk
-        for i, w in enumerate(words):
-            await out.write(sse_event(chunk("c1", body["model"], w, "stop" if i else None)))
-        if body.get("stream_options", {}).get("include_usage"):
-            await out.write(sse_event(chunk("c1", body["model"], "", None, usage(3, 2))))
-        await out.write(DONE_EVENT)
-        return out
-
-
-async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
 
 
 @asynccontextmanager
 async def running(plan_a: TenantPlan, pod: FakePod) -> AsyncIterator[str]:
-    pod_app = web.Application()
-    pod_app.router.add_post("/v1/completions", pod.completions)
-    pod_app.router.add_post("/v1/chat/completions", pod.completions)
-    pod_runner, pod_url = await _serve(pod_app)
+    pod_runner, pod_url = await _serve(pod.app())
     keys = MemoryKeys(
         {
             KEY_A: Principal("tenant-a", "aaaaaaaaaaaa", plan_a),
@@ -121,10 +54,6 @@ def run(plan: TenantPlan, body: Callable[[str, FakePod], Awaitable[None]]) -> Fa
 
 
 TEAM_ONLY = TenantPlan(ModelSelector(namespaces=("team",)))
-
-
-def client(url: str, key: str = KEY_A) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
 
 
 def test_completion_through_the_openai_client_reaches_pod_with_tenant() -> None:
@@ -196,12 +125,12 @@ def test_forged_tenant_header_is_dropped() -> None:
             base_url=url + "/v1",
             api_key=KEY_A,
             max_retries=0,
-            default_headers={"X-Deepserve-Tenant": "tenant-b", "X-Deepserve-Version": "v9"},
+            default_headers={"X-Deepserve-Tenant": "tenant-b", "X-Deepserve-Billing": "tenant-b"},
         )
         await c.completions.create(model="llama", prompt="hi")
 
     headers, _ = run(TEAM_ONLY, body).seen[0]
-    assert headers["X-Deepserve-Tenant"] == "tenant-a" and "X-Deepserve-Version" not in headers
+    assert headers["X-Deepserve-Tenant"] == "tenant-a" and "X-Deepserve-Billing" not in headers
 
 
 def test_bad_requests_name_the_field_and_server_keeps_serving() -> None:
@@ -278,3 +207,24 @@ def test_spend_cap_is_402(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG):
         asyncio.run(main())
     assert "secretA" not in caplog.text
+
+
+def test_tokens_per_minute_admits_on_estimate_and_settles_on_real_usage() -> None:
+    async def body(url: str, pod: FakePod) -> None:
+        c = client(url)
+        # each request is estimated at 1 + 10 tokens; the pod reports 5 used
+        for stream in (False, True, False, True):
+            if stream:
+                async for _ in await c.completions.create(
+                    model="llama", prompt="hi", max_tokens=10, stream=True
+                ):
+                    pass
+            else:
+                await c.completions.create(model="llama", prompt="hi", max_tokens=10)
+        with pytest.raises(openai.RateLimitError) as info:  # 4 x 5 = 20 used: 20 + 11 > 26
+            await c.completions.create(model="llama", prompt="hi", max_tokens=10)
+        assert "tokens per minute" in info.value.message
+        assert 1 <= int(info.value.response.headers["Retry-After"]) <= 60
+
+    plan = TenantPlan(ModelSelector(namespaces=("team",)), tokens_per_minute=26)
+    assert len(run(plan, body).seen) == 4
