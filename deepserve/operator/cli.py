@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-GROUPS = ("dev", "operator", "plan", "engine", "billing", "scale", "models")
+GROUPS = ("dev", "operator", "plan", "engine", "billing", "scale", "models", "keys", "gateway")
 
 log = logging.getLogger("deepserve")
 
