@@ -9,18 +9,20 @@ from deepserve.operator.api.schema_types import (
     array,
     condition_schema,
     integer,
+    label_map,
     number,
     obj,
-    rule,
     string,
-    string_map,
 )
+
+MAX_PRICE_PER_GPU_HOUR = 1e6  # far above any list price; 1e308 would overflow cost per token
 
 SPEC = obj(
     "A pool of identical GPU nodes that the planner may place models on.",
     {
         "nodeSelector": {
-            **string_map("Labels that select this pool's nodes; placed pods get this nodeSelector."),
+            **label_map("Labels that select this pool's nodes; placed pods get this nodeSelector.",
+                        "nodeSelector"),
             "minProperties": 1,
         },
         "acceleratorId": string("Accelerator id from the deepserve hardware knowledge base, e.g. "
@@ -30,17 +32,13 @@ SPEC = obj(
         "maxNodes": integer("Most nodes the pool can grow to (cluster autoscaler / Karpenter); 0 = only "
                             "the nodes that exist.", minimum=0, maximum=100000, default=0),
         "pricePerGpuHour": number("Price of one GPU for one hour, used for cost per token.", minimum=0,
-                                  default=0),
+                                  maximum=MAX_PRICE_PER_GPU_HOUR, default=0),
         "currency": string("ISO 4217 currency of the price.", pattern=r"^[A-Z]{3}$", default="USD",
                            max_length=3),
         "tolerations": array("Tolerations pods placed on this pool need (beyond nvidia.com/gpu).",
                              TOLERATION, max_items=16),
     },
     required=["nodeSelector", "acceleratorId", "gpusPerNode"],
-    rules=[
-        rule("!has(self.tolerations) || self.tolerations.all(t, t.operator == 'Exists' || has(t.key))",
-             "tolerations[].key is required unless operator is Exists", field_path=".tolerations"),
-    ],
 )
 
 STATUS = obj(

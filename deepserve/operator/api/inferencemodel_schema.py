@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from deepserve.operator.api.quantity import bounded_quantity
 from deepserve.operator.api.schema_types import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
+    LABEL_VALUE,
+    QUALIFIED_NAME,
     Schema,
     array,
     boolean,
@@ -18,10 +21,10 @@ from deepserve.operator.api.schema_types import (
     integer,
     number,
     obj,
-    quantity,
     rule,
     string,
 )
+from deepserve.operator.api.source_rules import SOURCE_RULES, URI_RULES
 
 SOURCE_SCHEMES = ("pvc", "hf", "s3", "builtin")
 PRECISIONS = ["auto", "fp32", "bf16", "fp16", "fp8"]
@@ -30,31 +33,13 @@ SCALE_METRICS = ["inflightRequests", "queueTimeMicroseconds", "tokensPerSecond"]
 MAX_MODEL_NAME = 40
 MAX_VERSION_NAME = 20
 MAX_VERSIONS = 8
+MAX_CPU = "4096"  # cores per replica
+MAX_MEMORY = "64Ti"  # per replica
+MAX_TOKENS_PER_S = 1e6  # an SLO beyond any accelerator is a typo, not a goal
+MAX_TTFT_MS = 3.6e6  # one hour
+MAX_SCALE_TARGET = 1e9
 ALIAS = r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$"
 
-_URI_RULES = [
-    rule(
-        "self.matches('^(pvc|hf|s3|builtin)://')",
-        "source.uri must start with pvc://, hf://, s3:// or builtin://",
-        reason="FieldValueInvalid",
-    ),
-    rule(
-        "!self.startsWith('pvc://') || self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/]+)*/?$')",
-        "source.uri pvc:// form is pvc://<claim-name>/<path>, the claim a DNS name",
-    ),
-    rule(
-        "!self.startsWith('hf://') || self.matches('^hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*$')",
-        "source.uri hf:// form is hf://<org>/<name>",
-    ),
-    rule(
-        "!self.startsWith('s3://') || self.matches('^s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/.*)?$')",
-        "source.uri s3:// form is s3://<bucket>/<prefix>, the bucket a valid S3 bucket name",
-    ),
-    rule(
-        "!self.startsWith('builtin://') || self.matches('^builtin://tiny-[a-z0-9]+$')",
-        "source.uri builtin:// form is builtin://tiny-<architecture>, e.g. builtin://tiny-llama",
-    ),
-]
 
 SHAPE = obj(
     "Model shape for the placement planner when it cannot be read from the source (hf://, s3://"
@@ -95,7 +80,7 @@ def source_schema(description: str) -> Schema:
                 "builtin://tiny-<arch> (a deterministic tiny checkpoint the engine creates; for tests "
                 "and demos).",
                 max_length=1024,
-                rules=_URI_RULES,
+                rules=URI_RULES,
             ),
             "format": string(
                 "Checkpoint format; auto detects safetensors first.",
@@ -112,6 +97,7 @@ def source_schema(description: str) -> Schema:
             "shape": SHAPE,
         },
         required=["uri"],
+        rules=SOURCE_RULES,
     )
 
 
@@ -167,22 +153,31 @@ RESOURCES = obj(
                                   "pipelineParallel).", minimum=1, maximum=64),
         "maxTensorParallel": integer("Largest tensor-parallel degree the planner may choose.",
                                      minimum=1, maximum=64, default=8),
-        "cpu": quantity("CPU request per replica.", default="2"),
-        "memory": quantity("Memory request and limit per replica.", default="8Gi"),
-        "sharedMemory": quantity("Size of the memory-backed /dev/shm (Triton's Python backend uses it).",
-                                 default="1Gi"),
+        "cpu": bounded_quantity("CPU request per replica.", "resources.cpu", maximum=MAX_CPU, default="2"),
+        "memory": bounded_quantity("Memory request and limit per replica.", "resources.memory",
+                                   maximum=MAX_MEMORY, default="8Gi"),
+        "sharedMemory": bounded_quantity("Size of the memory-backed /dev/shm (Triton's Python backend uses it).",
+                                         "resources.sharedMemory", maximum=MAX_MEMORY, default="1Gi"),
     },
     default={},
 )
 
+# One toleration rule for InferenceModel and GPUNodePool (the pod API's own rules: a key is a
+# label key, Equal needs a key, Exists takes no value).
 TOLERATION = obj(
     "A toleration added to the pods.",
     {
-        "key": string("Taint key.", max_length=316),
+        "key": string("Taint key (a label key).", max_length=316, pattern=QUALIFIED_NAME),
         "operator": string("Exists or Equal.", enum=["Exists", "Equal"], default="Equal"),
-        "value": string("Taint value.", max_length=63),
+        "value": string("Taint value (a label value).", max_length=63, pattern=LABEL_VALUE),
         "effect": string("Taint effect; empty matches all.", enum=["NoSchedule", "PreferNoSchedule", "NoExecute"]),
     },
+    rules=[
+        rule("self.operator == 'Exists' || has(self.key)",
+             "tolerations[].key is required unless operator is Exists", field_path=".key"),
+        rule("self.operator != 'Exists' || !has(self.value) || self.value == ''",
+             "tolerations[].value must be empty when operator is Exists", field_path=".value"),
+    ],
 )
 
 PLACEMENT = obj(
@@ -198,9 +193,9 @@ PLACEMENT = obj(
             "Service level objective; pools that cannot meet it are rejected.",
             {
                 "minTokensPerSecond": number("Decode tokens/s each request needs.", minimum=0,
-                                             exclusive_minimum=True),
+                                             exclusive_minimum=True, maximum=MAX_TOKENS_PER_S),
                 "maxTimeToFirstTokenMs": number("Largest acceptable time to first token, ms.",
-                                                minimum=0, exclusive_minimum=True),
+                                                minimum=0, exclusive_minimum=True, maximum=MAX_TTFT_MS),
             },
         ),
         "tolerations": array("Extra tolerations (the nvidia.com/gpu taint is always tolerated).",
@@ -222,7 +217,8 @@ SCALING = obj(
             {
                 "metric": string("Triton metric the target is expressed in.", enum=SCALE_METRICS,
                                  default="inflightRequests"),
-                "value": number("Target value per replica.", minimum=0, exclusive_minimum=True),
+                "value": number("Target value per replica.", minimum=0, exclusive_minimum=True,
+                                maximum=MAX_SCALE_TARGET),
             },
             required=["value"],
         ),

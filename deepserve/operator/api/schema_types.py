@@ -12,6 +12,11 @@ Schema = dict[str, Any]
 
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Kubernetes label/annotation keys and values (apimachinery validation.IsQualifiedName,
+# IsValidLabelValue): an optional DNS-subdomain prefix and "/", then a name of at most 63.
+QUALIFIED_NAME = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                  r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$")
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 QUANTITY = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 
 
@@ -138,6 +143,21 @@ def string_map(description: str, *, max_properties: int = 32) -> Schema:
         "description": description,
         "additionalProperties": {"type": "string", "maxLength": 253},
         "maxProperties": max_properties,
+    }
+
+
+def label_map(description: str, field: str, *, max_properties: int = 32) -> Schema:
+    """A map of label keys to label values (a nodeSelector), both checked like the pod API does."""
+    return {
+        "type": "object",
+        "description": description,
+        "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE},
+        "maxProperties": max_properties,
+        "x-kubernetes-validations": [rule(
+            f"self.all(k, size(k) <= 316 && (k.indexOf('/') < 0 || k.indexOf('/') <= 253) && "
+            f"k.matches('{QUALIFIED_NAME.replace(chr(92), chr(92) * 2)}'))",
+            f"{field} keys must be label keys: an optional DNS-subdomain prefix and '/', then a name of "
+            "at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit")],
     }
 
 

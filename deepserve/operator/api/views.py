@@ -7,20 +7,15 @@ CRD's CEL rules), and raises :class:`SpecError` naming the field.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 
 from deepserve.operator.api import inferencemodel_schema as schema
+from deepserve.operator.api.quantity import quantity_error
 from deepserve.operator.api.schema_check import SpecError, conform
+from deepserve.operator.api.source_rules import check_source
 
 DEFAULT_VERSION = "main"
-_SOURCE_FORMS = {
-    "pvc": r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/]+)*/?$",
-    "hf": r"^hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*$",
-    "s3": r"^s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/.*)?$",
-    "builtin": r"^builtin://tiny-[a-z0-9]+$",
-}
 
 
 @dataclass(frozen=True)
@@ -61,12 +56,8 @@ class Source:
     @classmethod
     def from_dict(cls, d: dict[str, Any], field: str) -> Source:
         """Build from a defaulted source dict, checking the URI's form."""
+        check_source(d, field)
         uri = d["uri"]
-        scheme = uri.split("://", 1)[0] if "://" in uri else ""
-        if scheme not in _SOURCE_FORMS:
-            raise SpecError(f"{field}.uri", "must start with pvc://, hf://, s3:// or builtin://")
-        if not re.match(_SOURCE_FORMS[scheme], uri):
-            raise SpecError(f"{field}.uri", f"{uri!r} is not a valid {scheme}:// URI")
         shape = d.get("shape")
         if shape is not None:
             if "kvHeads" in shape and shape["heads"] % shape["kvHeads"]:
@@ -192,9 +183,13 @@ class InferenceModelSpec:
         source = Source.from_dict(d["source"], "spec.source")
         engine = Engine.from_dict(d["engine"])
         r = d["resources"]
+        for key, most in (("cpu", schema.MAX_CPU), ("memory", schema.MAX_MEMORY), ("sharedMemory", schema.MAX_MEMORY)):
+            if problem := quantity_error(r[key], most):
+                raise SpecError(f"spec.resources.{key}", problem)
         resources = Resources(r.get("gpusPerReplica"), r["maxTensorParallel"], str(r["cpu"]),
                               str(r["memory"]), str(r["sharedMemory"]))
         p = d["placement"]
+        check_tolerations(p.get("tolerations", []), "spec.placement.tolerations")
         slo = p.get("slo", {})
         placement = Placement(p["strategy"], tuple(p.get("allowedPools", [])), p["concurrency"],
                               slo.get("minTokensPerSecond"), slo.get("maxTimeToFirstTokenMs"),
@@ -206,6 +201,15 @@ class InferenceModelSpec:
         versions = _versions(d.get("versions", []), source, engine, runtime)
         return cls(source, engine, resources, placement, scaling, runtime, versions,
                    d.get("billing", {}).get("account"), tuple(d.get("aliases", [])))
+
+
+def check_tolerations(tolerations: list[dict[str, Any]], field: str) -> None:
+    """The Python twin of the TOLERATION rules (shared with GPUNodePool); raises SpecError."""
+    for i, t in enumerate(tolerations):
+        if t.get("operator") != "Exists" and not t.get("key"):
+            raise SpecError(f"{field}[{i}].key", "is required unless operator is Exists")
+        if t.get("operator") == "Exists" and t.get("value"):
+            raise SpecError(f"{field}[{i}].value", "must be empty when operator is Exists")
 
 
 def _scaling(s: dict[str, Any]) -> Scaling:

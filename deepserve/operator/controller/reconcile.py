@@ -129,12 +129,28 @@ def decide(model: dict[str, Any], pools: list[Any], settings: Settings,
         if moved.chosen is not None:
             outcome = dataclasses.replace(moved, reason=f"Moved from pool {previous.get('pool')}: it has no room "
                                                         f"for the replicas load needs; {moved.reason}")
+    outcome = _name_unknown_pools(outcome, spec.placement.allowed_pools, pools)
     total = spec.scaling.desired()
     replicas = split_replicas(total, {v.name: v.weight for v in spec.versions})
     if outcome.chosen is None:
         return Decision(spec, None, outcome, replicas, total, ())
     ctx = BuildContext(ModelRef(md["name"], md["namespace"], md["uid"]), spec, outcome.chosen, settings, replicas)
     return Decision(spec, None, outcome, replicas, total, tuple(build_children(ctx)))
+
+
+def _name_unknown_pools(outcome: PlanOutcome, allowed: tuple[str, ...], pools: list[Any]) -> PlanOutcome:
+    """Say which names in spec.placement.allowedPools match no pool (a typo, or a pool not yet
+    discovered): the reason of Scheduled=False when nothing was placed, a note otherwise."""
+    known = sorted({p.name for p in pools})
+    unknown = [n for n in allowed if n not in known]
+    if not unknown or not outcome.changed:
+        return outcome
+    names = ", ".join(unknown)
+    listed = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "") if known else "none"
+    note = f"spec.placement.allowedPools: no pool named {names} exists (known pools: {listed})"
+    if outcome.chosen is None:
+        return dataclasses.replace(outcome, reason=f"UnknownPool: {note}; {outcome.reason}")
+    return dataclasses.replace(outcome, reason=f"{outcome.reason}; {note}")
 
 
 AppliedCache = dict[tuple[str, str, str], tuple[str, str, float]]  # (ns, kind, name) -> (digest, marker, when)

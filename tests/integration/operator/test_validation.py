@@ -49,9 +49,50 @@ def test_defaults_are_applied_by_the_api_server(kube: Kube, namespace: str) -> N
     ({"nodeSelector": {"pool": "x"}, "acceleratorId": "nvidia-l4", "gpusPerNode": 1, "currency": "usd"},
      "spec.currency"),
     ({"nodeSelector": {}, "acceleratorId": "nvidia-l4", "gpusPerNode": 1}, "spec.nodeSelector"),
+    # issue #20.4: absurd prices, selector keys/values that are not labels, the shared toleration rule
+    ({"nodeSelector": {"pool": "x"}, "acceleratorId": "nvidia-l4", "gpusPerNode": 1, "pricePerGpuHour": 1e308},
+     "spec.pricePerGpuHour"),
+    ({"nodeSelector": {"not a key": "x"}, "acceleratorId": "nvidia-l4", "gpusPerNode": 1}, "spec.nodeSelector"),
+    ({"nodeSelector": {"Example.COM/pool": "x"}, "acceleratorId": "nvidia-l4", "gpusPerNode": 1},
+     "spec.nodeSelector"),
+    ({"nodeSelector": {"pool": "not ok!"}, "acceleratorId": "nvidia-l4", "gpusPerNode": 1}, "spec.nodeSelector.pool"),
+    ({"nodeSelector": {"pool": "x"}, "acceleratorId": "nvidia-l4", "gpusPerNode": 1,
+      "tolerations": [{"operator": "Equal", "value": "x"}]}, "spec.tolerations[0].key"),
+    ({"nodeSelector": {"pool": "x"}, "acceleratorId": "nvidia-l4", "gpusPerNode": 1,
+      "tolerations": [{"key": "a/b/c", "operator": "Exists"}]}, "spec.tolerations[0].key"),
 ])
 def test_invalid_pool_is_refused(spec: dict[str, Any], field: str, kube: Kube) -> None:
     obj = {"apiVersion": IM, "kind": "GPUNodePool", "metadata": {"name": "bad-pool"}, "spec": spec}
     with pytest.raises(KubeError) as err:
         kube.create(obj)
+    assert err.value.status == 422
     assert field in err.value.message, err.value.message
+    assert kube.get(IM, "GPUNodePool", "bad-pool") is None
+
+
+def test_label_shaped_selectors_and_tolerations_are_admitted(kube: Kube) -> None:
+    """The new rules refuse only what the pod API refuses: real node labels and taints pass."""
+    spec = {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "pool": ""},
+            "acceleratorId": "nvidia-h100-sxm5-80gb", "gpusPerNode": 8, "pricePerGpuHour": 1e6,
+            "tolerations": [{"key": "example.com/dedicated", "value": "ml_team-1.a", "effect": "NoSchedule"},
+                            {"operator": "Exists", "effect": "NoExecute"}]}
+    obj = {"apiVersion": IM, "kind": "GPUNodePool", "metadata": {"name": "good-pool"}, "spec": spec}
+    try:
+        assert kube.create(obj)["spec"]["nodeSelector"] == spec["nodeSelector"]
+    finally:
+        kube.delete(IM, "GPUNodePool", "good-pool")
+
+
+@pytest.mark.parametrize("uri", ["pvc://models/llama-3.1/8b-instruct", "pvc://models", "hf://meta-llama/Llama-3.1-8B",
+                                 "s3://my-bucket/org/model=v1+fp8/", "builtin://tiny-deepseek-v3"])
+def test_every_supported_source_form_is_admitted(uri: str, kube: Kube, namespace: str) -> None:
+    assert kube.create(make_model("src", namespace).source(uri).obj())["spec"]["source"]["uri"] == uri
+
+
+def test_refusals_say_what_is_allowed(kube: Kube, namespace: str) -> None:
+    with pytest.raises(KubeError) as err:
+        kube.create(make_model("b", namespace).source("builtin://tiny-gpt9").obj())
+    assert "builtin://tiny-llama" in err.value.message  # the names the engine knows
+    with pytest.raises(KubeError) as err:
+        kube.create(make_model("c", namespace).set("resources.cpu", "-1").obj())
+    assert "spec.resources.cpu" in err.value.message and "greater than 0" in err.value.message

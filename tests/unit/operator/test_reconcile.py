@@ -194,3 +194,28 @@ def test_a_refused_write_is_reported_in_status_and_raised() -> None:
         run(api, model_obj(make_model("llama")), {})
     degraded = next(c for c in api.status_patches[-1]["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "ApplyFailed" and "range is full" in degraded["message"]
+
+
+def _condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def test_unknown_pool_name_is_named_in_scheduled_false_and_an_event() -> None:
+    api, applied = FakeApi(), {}
+    model = model_obj(make_model("typo").set("placement.allowedPools", ["l4x"]))
+    result, status = run(api, model, applied)
+    scheduled = _condition(status, "Scheduled")
+    assert (scheduled["status"], scheduled["reason"]) == ("False", "UnknownPool")
+    assert "spec.placement.allowedPools" in scheduled["message"] and "l4x" in scheduled["message"]
+    assert "h100-sxm, l4" in scheduled["message"]  # the pools that do exist
+    assert ("Warning", "UnknownPool") in [(t, r) for t, r, _ in result.events]
+    assert result.applied == []
+
+
+def test_an_unknown_name_next_to_a_known_pool_is_noted_and_the_known_one_used() -> None:
+    api, applied = FakeApi(), {}
+    model = model_obj(make_model("mixed").set("placement.allowedPools", ["gone", "l4"]))
+    _, status = run(api, model, applied)
+    scheduled = _condition(status, "Scheduled")
+    assert scheduled["status"] == "True" and status["placement"]["pool"] == "l4"
+    assert "no pool named gone exists" in scheduled["message"]
