@@ -81,6 +81,7 @@ class EngineOptions:
     prefix_cache_mib: int = 0
     host_cache_mib: int = 0
     tensor_parallel: int = 1
+    pipeline_parallel: int = 1
     max_queue_delay_us: int = 100
     usage_spool_dir: str = ""
     usage_endpoint: str = ""
@@ -118,6 +119,7 @@ class EngineOptions:
         _require_int("tensor_parallel", self.tensor_parallel, 1, 64)
         if self.tensor_parallel & (self.tensor_parallel - 1):
             raise EngineOptionsError("tensor_parallel", f"must be a power of two, got {self.tensor_parallel}")
+        _require_int("pipeline_parallel", self.pipeline_parallel, 1, 256)
         _require_int("max_queue_delay_us", self.max_queue_delay_us, 0)
         for name in ("usage_spool_dir", "usage_endpoint", "served_model", "served_version",
                      "namespace", "billing_account"):

@@ -101,6 +101,22 @@ class Transformer(nn.Module):
                 fused += block.mlp.fuse_projections()
         return fused
 
+    def attention_batch(self, positions: torch.Tensor, slots: torch.Tensor | None,
+                        fresh: bool = False) -> AttentionBatch:
+        """What every layer of a pass over ``positions`` [B, T] needs (mask, rotary rows).
+
+        :meth:`forward` builds it once; a pipeline stage running only some of the layers
+        (:mod:`deepserve.engine.parallel.pipeline`) builds the same one.
+        """
+        if self.rope_cos is None or self.rope_sin is None:
+            raise RuntimeError("call setup_caches() before forward()")
+        cache_positions = torch.arange(self.max_seq_len, device=positions.device)
+        mask = cache_positions.view(1, 1, 1, -1) <= positions[:, None, :, None]  # [B, 1, T, S]
+        return AttentionBatch(positions=positions, slots=slots, mask=mask,
+                              cos=self.rope_cos[positions], sin=self.rope_sin[positions],
+                              fresh=fresh, decode_lengths=(positions[:, 0] + 1).to(torch.int32)
+                              if positions.shape[1] == 1 else None)
+
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
                 slots: torch.Tensor | None = None, *, last: torch.Tensor | None = None,
                 fresh: bool = False) -> torch.Tensor:
@@ -113,14 +129,7 @@ class Transformer(nn.Module):
         ``0..T-1`` in every row (a prefill with nothing cached before it), which lets
         attention skip the mask.
         """
-        if self.rope_cos is None or self.rope_sin is None:
-            raise RuntimeError("call setup_caches() before forward()")
-        cache_positions = torch.arange(self.max_seq_len, device=tokens.device)
-        mask = cache_positions.view(1, 1, 1, -1) <= positions[:, None, :, None]  # [B, 1, T, S]
-        batch = AttentionBatch(positions=positions, slots=slots, mask=mask,
-                               cos=self.rope_cos[positions], sin=self.rope_sin[positions],
-                               fresh=fresh, decode_lengths=(positions[:, 0] + 1).to(torch.int32)
-                               if tokens.shape[1] == 1 else None)
+        batch = self.attention_batch(positions, slots, fresh)
         x = self.model.embed_tokens(tokens)  # [B, T, D]
         for layer in self.model.layers:
             x = layer(x, batch)
