@@ -58,8 +58,7 @@ class FakePod:
         words = ["hello", " world"]
         if not body.get("stream"):
             return web.json_response(
-                completion_response("c1", body["model"], "".join(words), "stop", 3, 2),
-                headers={"X-Served-By": self.name},
+                completion_response(self.name, body["model"], "".join(words), "stop", 3, 2)
             )
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await out.prepare(request)
