@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,12 @@ import yaml
 from deepserve.operator.kube import Kube
 
 ROOT = Path(__file__).resolve().parents[3]
+
+if "upstreams" not in sys.modules:  # tests import it by name (pytest runs in importlib mode)
+    _spec = importlib.util.spec_from_file_location("upstreams", Path(__file__).with_name("upstreams.py"))
+    assert _spec and _spec.loader
+    sys.modules["upstreams"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["upstreams"])
 
 
 @pytest.fixture(scope="session")
