@@ -9,15 +9,16 @@ import os
 import torch
 
 from deepserve.engine.checkpoint import load_transformer
+from deepserve.engine.contract.precision import master_precision
 from deepserve.engine.features import install_features
 from deepserve.engine.options import EngineOptions
+from deepserve.engine.precision.adaptive import DTYPES
 from deepserve.engine.runtime import InferenceEngine
 from deepserve.engine.sources import resolve_model_dir
 from deepserve.engine.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(options: EngineOptions) -> torch.device:
@@ -40,9 +41,7 @@ def resolve_precision(options: EngineOptions, device: torch.device) -> str:
     With ``auto`` the precision scheduler then picks per batch (see
     :mod:`deepserve.engine.precision`); ``fp8`` adds fp8 weight copies and computes in them.
     """
-    if options.precision in _DTYPES:
-        return options.precision
-    return "bf16" if device.type == "cuda" else "fp32"
+    return master_precision(options.precision, device.type)
 
 
 def build_engine(options: EngineOptions) -> InferenceEngine:
@@ -51,7 +50,7 @@ def build_engine(options: EngineOptions) -> InferenceEngine:
     precision = resolve_precision(options, device)
     model_dir = resolve_model_dir(options.model_dir)
     options = dataclasses.replace(options, model_dir=model_dir)
-    model = load_transformer(model_dir, device=device, dtype=_DTYPES[precision])
+    model = load_transformer(model_dir, device=device, dtype=DTYPES[precision])
     tokenizer = TextTokenizer.from_dir(model_dir, model.args.eos_token_ids)
     features = install_features(model, options, tokenizer.encode)
     compile_decode = options.compile and device.type == "cuda"

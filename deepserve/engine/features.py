@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from deepserve.engine.contract.precision import MANTISSA_BITS, master_precision
 from deepserve.engine.model.transformer import Transformer
 from deepserve.engine.options import EngineOptions
 from deepserve.engine.precision import (
@@ -26,7 +27,7 @@ from deepserve.engine.precision import (
     apply_adaptive_precision,
     fp8_hardware_support,
 )
-from deepserve.engine.precision.adaptive import MANTISSA_BITS
+from deepserve.engine.precision.adaptive import DTYPES, PRECISION_OF
 from deepserve.engine.prefix_cache import PrefixCache
 from deepserve.engine.sparse import (
     SparseAttentionHandle,
@@ -39,14 +40,11 @@ from deepserve.engine.tiny import corpus_text
 log = logging.getLogger(__name__)
 
 MIB = 2**20
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def master_dtype(options: EngineOptions, device: torch.device) -> torch.dtype:
     """The dtype weights are loaded in: the fixed precision, or the top one APS may use."""
-    if options.precision in _DTYPES:
-        return _DTYPES[options.precision]
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[master_precision(options.precision, device.type)]
 
 
 @dataclass
@@ -160,7 +158,7 @@ def install_features(model: Transformer, options: EngineOptions, tokenize: Any) 
     a world size equal to ``options.tensor_parallel``; raises ``RuntimeError`` otherwise.
     """
     dtype = model.lm_head.weight.dtype
-    master = {v: k for k, v in _DTYPES.items()}[dtype]
+    master = PRECISION_OF[dtype]
     features = EngineFeatures(precision=master, tensor_parallel=options.tensor_parallel)
     if options.tensor_parallel > 1:
         import torch.distributed as dist

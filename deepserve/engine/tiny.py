@@ -19,10 +19,11 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from deepserve.engine.contract.builtin import TINY_ARCHITECTURES as TINY_ARCHITECTURES
+from deepserve.engine.contract.builtin import TINY_VOCAB_SIZE, tiny_config
 from deepserve.engine.model.args import ModelArgs
 from deepserve.engine.model.transformer import Transformer
 
-TINY_ARCHITECTURES: tuple[str, ...] = ("llama", "qwen2", "deepseek_v3")
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 
 
@@ -31,7 +32,7 @@ def corpus_text() -> str:
     return resources.files("deepserve.engine").joinpath("tiny_corpus.txt").read_text("utf-8")
 
 
-def train_tokenizer(vocab_size: int = 512) -> Tokenizer:
+def train_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> Tokenizer:
     """Train a byte-level BPE tokenizer on :func:`corpus_text` (deterministic)."""
     return Tokenizer.from_str(_trained_tokenizer_json(vocab_size))
 
@@ -49,36 +50,6 @@ def _trained_tokenizer_json(vocab_size: int) -> str:
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)])
     return str(tokenizer.to_str())
-
-
-def tiny_config(architecture: str, vocab_size: int, bos_id: int, eos_id: int) -> dict[str, Any]:
-    """Return a small ``config.json`` dict for ``architecture`` (HF key names)."""
-    base: dict[str, Any] = {
-        "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 1024, "rms_norm_eps": 1e-6, "hidden_act": "silu",
-        "bos_token_id": bos_id, "eos_token_id": eos_id, "torch_dtype": "float32",
-        "initializer_range": 0.02, "use_cache": True,
-    }
-    if architecture == "llama":
-        return {**base, "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-                "head_dim": 16, "rope_theta": 10000.0, "attention_bias": False,
-                "mlp_bias": False, "tie_word_embeddings": False}
-    if architecture == "qwen2":
-        return {**base, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
-                "rope_theta": 1000000.0, "tie_word_embeddings": True,
-                "use_sliding_window": False, "sliding_window": None}
-    if architecture == "deepseek_v3":
-        return {**base, "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
-                "num_key_value_heads": 4, "q_lora_rank": 32, "kv_lora_rank": 32,
-                "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
-                "moe_intermediate_size": 32, "n_routed_experts": 8, "num_experts_per_tok": 2,
-                "n_shared_experts": 1, "first_k_dense_replace": 1, "moe_layer_freq": 1,
-                "n_group": 2, "topk_group": 1, "norm_topk_prob": True,
-                "routed_scaling_factor": 2.5, "scoring_func": "sigmoid", "topk_method": "noaux_tc",
-                "rope_theta": 10000.0, "rope_interleave": True, "attention_bias": False,
-                "tie_word_embeddings": False, "num_nextn_predict_layers": 0}
-    raise ValueError(f"architecture must be one of {TINY_ARCHITECTURES}, got {architecture!r}")
 
 
 def random_state_dict(args: ModelArgs, seed: int) -> dict[str, torch.Tensor]:

@@ -20,6 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepserve.engine.contract.precision import (
+    LOAD_PRECISIONS,
+    TORCH_DTYPE_NAMES,
+    weight_copies,
+)
 from deepserve.engine.precision.fp8 import (
     Fp8Weight,
     fp8_hardware_support,
@@ -29,10 +34,8 @@ from deepserve.engine.precision.fp8 import (
 
 log = logging.getLogger(__name__)
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
-                                  "fp16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {p: getattr(torch, TORCH_DTYPE_NAMES[p]) for p in LOAD_PRECISIONS}
 PRECISION_OF: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
-MANTISSA_BITS: dict[str, int] = {"fp32": 23, "fp16": 10, "bf16": 7, "fp8": 3}
 
 
 @dataclass
@@ -115,18 +118,14 @@ class AdaptivePrecisionHandle:
 
 def available_precisions(master: torch.dtype, device: torch.device,
                          allow_reference_fp8: bool = False) -> tuple[str, ...]:
-    """Precisions worth offering: none above the master dtype; fp8 where hardware has it.
+    """Precisions worth offering (:func:`~deepserve.engine.contract.precision.weight_copies`):
+    none above the master dtype; fp8 where hardware has it.
 
     On devices without native fp8 the reference path is offered only when
     ``allow_reference_fp8`` (for numerics checks; it is slower than bf16 there).
     """
-    master_name = PRECISION_OF[master]
-    # lower-precision copies only below the master; fp16 copies of bf16 weights may overflow
-    out = ["fp32", "fp16", "bf16"] if master_name == "fp32" else [master_name]
     native, _ = fp8_hardware_support(str(device))
-    if native or allow_reference_fp8:
-        out.append("fp8")
-    return tuple(out)
+    return weight_copies("auto", PRECISION_OF[master], native or allow_reference_fp8)
 
 
 def apply_adaptive_precision(model: nn.Module, precisions: tuple[str, ...] | None = None,

@@ -42,6 +42,17 @@ def model_dir_for(version: Version) -> str:
     return src.uri
 
 
+def served_precision(ctx: BuildContext, version: Version) -> str:
+    """The precision policy the planner chose (status), unless this version asks for its own.
+
+    The planner turns the spec's precision into what the pool runs (``auto`` becomes fp16 on
+    devices without bf16) and budgets memory for it, so the engine must run exactly that.
+    """
+    if version.engine.precision == ctx.spec.engine.precision and ctx.placement.precision:
+        return ctx.placement.precision
+    return version.engine.precision
+
+
 def engine_options(ctx: BuildContext, version: Version) -> EngineOptions:
     """The EngineOptions one version's engine runs with."""
     e = version.engine
@@ -52,7 +63,7 @@ def engine_options(ctx: BuildContext, version: Version) -> EngineOptions:
         max_input_tokens=e.max_input_tokens,
         max_new_tokens_limit=e.max_new_tokens,
         kv_cache_tokens=e.kv_cache_tokens or 0,
-        precision=e.precision,
+        precision=served_precision(ctx, version),
         error_bound=e.error_bound,
         sparse_attention=SparseAttentionOptions(sa.enabled, sa.top_k, sa.sinks, sa.local_window),
         prefix_cache_mib=e.prefix_cache_mib,

@@ -11,17 +11,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from deepserve.engine.contract.builtin import builtin_config
 from deepserve.operator import placement as planner
 from deepserve.operator.api.views import InferenceModelSpec
 from deepserve.operator.builders.context import ChosenPlacement
 
 log = logging.getLogger(__name__)
 
-# builtin://tiny-<arch>: the engine creates a deterministic checkpoint of about this shape.
-TINY_SHAPE: dict[str, int] = {
-    "total_params": 1_200_000, "active_params": 1_200_000, "layers": 2, "hidden_size": 128, "heads": 4,
-    "kv_heads": 2, "head_dim": 32, "vocab_size": 4096, "max_context": 4096,
-}
 Tolerations = dict[str, tuple[dict[str, str], ...]]
 _SHAPE_KEYS = {
     "totalParams": "total_params", "activeParams": "active_params", "layers": "layers",
@@ -47,7 +43,10 @@ def _fields(cls: Any) -> set[str]:
 
 
 def model_shape(spec: InferenceModelSpec) -> Any | None:
-    """The planner's ModelShape for the spec, or None when it is unknown."""
+    """The planner's ModelShape for the spec, or None when it is unknown.
+
+    Raises ValueError (naming the field) for a bad shape or an unknown built-in name.
+    """
     src = spec.source
     if src.shape:
         raw = {_SHAPE_KEYS[k]: v for k, v in src.shape.items() if k in _SHAPE_KEYS}
@@ -56,7 +55,8 @@ def model_shape(spec: InferenceModelSpec) -> Any | None:
         raw.setdefault("head_dim", raw["hidden_size"] // raw["heads"])
         raw.setdefault("max_context", spec.engine.max_input_tokens + spec.engine.max_new_tokens)
     elif src.scheme == "builtin":
-        raw = dict(TINY_SHAPE)
+        # the same config the engine builds the checkpoint from (deepserve.engine.contract)
+        return planner.ModelShape.from_hf_config(builtin_config(src.location), name=src.location)
     else:
         return None
     known = _fields(planner.ModelShape)

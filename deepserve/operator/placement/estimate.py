@@ -1,5 +1,9 @@
 """Memory and speed estimates for one model on one accelerator at one tensor-parallel degree.
 
+``precision`` is the engine's precision policy (:data:`deepserve.engine.contract.POLICIES`):
+weights are budgeted with every copy the engine keeps under it (``auto`` and ``fp8`` hold the
+bf16 master plus fp8 copies), the KV cache in the master dtype.
+
 Decode is bandwidth-bound (every step streams the weights it touches plus the KV cache),
 prefill compute-bound (2 FLOPs per active parameter per token plus attention); tensor
 parallelism adds two all-reduces per layer. All factors come from :mod:`.factors`.
@@ -9,14 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deepserve.engine.hardware import Accelerator
-from deepserve.operator.placement.factors import (
-    COMPUTE_PRECISION,
-    DEFAULT_FACTORS,
-    KV_BYTES,
-    WEIGHT_BYTES,
-    EfficiencyFactors,
+from deepserve.engine.contract.memory import resident_weight_bytes
+from deepserve.engine.contract.precision import (
+    ELEMENT_BYTES,
+    compute_precision,
+    master_precision,
 )
+from deepserve.engine.hardware import Accelerator
+from deepserve.operator.placement.factors import DEFAULT_FACTORS, EfficiencyFactors
 from deepserve.operator.placement.shape import ModelShape
 
 GIB = float(2**30)
@@ -57,13 +61,32 @@ class Estimate:
         return 1.0 / self.decode_step_s
 
 
+def engine_fp8_native(acc: Accelerator) -> bool:
+    """Whether the engine keeps fp8 copies under ``auto`` on ``acc`` (knowledge-base fp8 rate)."""
+    return acc.supports("fp8")
+
+
+def weight_bytes_per_gpu(shape: ModelShape, precision: str, tp: int, fp8_native: bool,
+                         device_type: str = "cuda") -> float:
+    """Resident weight bytes one GPU of a ``tp`` group holds under the ``precision`` policy."""
+    master = master_precision(precision, device_type)
+    return resident_weight_bytes(shape.param_counts(), precision, master, fp8_native) / tp
+
+
+def kv_cache_bytes_per_gpu(shape: ModelShape, precision: str, tp: int, tokens: int,
+                           device_type: str = "cuda") -> float:
+    """KV-cache bytes one GPU holds for ``tokens`` tokens (the engine keeps KV in the master)."""
+    kv_elem = ELEMENT_BYTES[master_precision(precision, device_type)]
+    return tokens * shape.kv_bytes_per_token(kv_elem, tp)
+
+
 def memory_per_gpu_bytes(
     shape: ModelShape, precision: str, tp: int, work: Workload,
-    factors: EfficiencyFactors = DEFAULT_FACTORS,
+    factors: EfficiencyFactors = DEFAULT_FACTORS, fp8_native: bool = False,
 ) -> float:
     """Bytes one GPU needs: weight shard + KV cache + activation workspace + runtime overhead."""
-    weights = shape.total_params * WEIGHT_BYTES[precision] / tp
-    kv = work.concurrency * work.context_length * shape.kv_bytes_per_token(KV_BYTES[precision], tp)
+    weights = weight_bytes_per_gpu(shape, precision, tp, fp8_native)
+    kv = kv_cache_bytes_per_gpu(shape, precision, tp, work.concurrency * work.context_length)
     chunk = min(work.prompt_tokens, factors.prefill_chunk_tokens)
     activations = chunk * shape.hidden_size * factors.activation_bytes_per_hidden / tp
     return weights + kv + activations + factors.runtime_overhead_gib * GIB
@@ -84,18 +107,20 @@ class LoadTerms:
 
 def load_terms(
     shape: ModelShape, precision: str, tp: int, work: Workload,
-    factors: EfficiencyFactors = DEFAULT_FACTORS,
+    factors: EfficiencyFactors = DEFAULT_FACTORS, fp8_native: bool = False,
 ) -> LoadTerms:
-    """Bytes and FLOPs per GPU for one decode step and one prefill (shared by all devices)."""
-    wbytes = WEIGHT_BYTES[precision]
-    kv_token = shape.kv_bytes_per_token(KV_BYTES[precision], tp)
+    """Bytes and FLOPs per GPU for one decode step and one prefill (shared by devices alike
+    in ``fp8_native``). A step reads the copy it computes in, not every copy held."""
+    master = master_precision(precision, "cuda")
+    wbytes = ELEMENT_BYTES[compute_precision(precision, master)]
+    kv_token = shape.kv_bytes_per_token(ELEMENT_BYTES[master], tp)
     batch, prompt, gen = work.concurrency, work.prompt_tokens, work.generated_tokens
     avg_ctx = prompt + gen / 2.0  # decode sees sequences at their average length
     # causal attention costs about half of the full prompt x prompt score matrix
     attn_flops = 2.0 * shape.layers * prompt * prompt * shape.heads * shape.head_dim
     ring = 2.0 * (tp - 1) / tp * shape.hidden_size * 2  # bf16 activations, ring all-reduce
     return LoadTerms(
-        memory_bytes=memory_per_gpu_bytes(shape, precision, tp, work, factors),
+        memory_bytes=memory_per_gpu_bytes(shape, precision, tp, work, factors, fp8_native),
         step_bytes=shape.weights_read_per_step(batch) * wbytes / tp + batch * avg_ctx * kv_token,
         step_flops=2.0 * shape.active_params * batch / tp,
         prefill_bytes=shape.weights_read_per_step(prompt) * wbytes / tp,
@@ -126,8 +151,8 @@ def estimate(
     """
     if tp > 1 and acc.interconnect_gbs <= 0:
         raise ValueError(f"{acc.id} has no intra-node interconnect for tensor parallelism")
-    t = terms or load_terms(shape, precision, tp, work, factors)
-    flops = acc.peak_tflops(COMPUTE_PRECISION[precision]) * 1e12
+    t = terms or load_terms(shape, precision, tp, work, factors, engine_fp8_native(acc))
+    flops = acc.peak_tflops(compute_precision(precision, master_precision(precision, "cuda"))) * 1e12
     bandwidth = acc.bandwidth_gbs * 1e9 * factors.memory_bandwidth
 
     decode_step = (max(t.step_bytes / bandwidth, t.step_flops / (flops * factors.compute_decode))

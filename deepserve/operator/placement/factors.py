@@ -5,7 +5,8 @@ well-tuned serving engine sees. ``memory_bandwidth``, ``compute_prefill`` and
 ``step_overhead_s`` are calibrated from our engine on one NVIDIA H200 (docs/performance.md,
 2026-11-29; data-sheet peaks 4.8 TB/s HBM3e and 989 dense bf16 TFLOP/s); the others are
 first-principles defaults typical of published vLLM/TensorRT-LLM measurements. Change them
-here and only here.
+here and only here. Bytes per weight, KV element and precision names come from the serving
+contract (:mod:`deepserve.engine.contract`), shared with the engine.
 """
 
 from __future__ import annotations
@@ -45,15 +46,3 @@ class EfficiencyFactors:
 
 
 DEFAULT_FACTORS = EfficiencyFactors()
-
-WEIGHT_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
-"""Bytes per weight for each serving precision."""
-
-KV_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 2.0}
-"""Bytes per KV-cache element; the engine keeps KV in 16 bits under an fp8 weight policy."""
-
-COMPUTE_PRECISION: dict[str, str] = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8"}
-"""Which catalog throughput column each serving precision runs at."""
-
-AUTO_PRECISION_ORDER: tuple[str, ...] = ("bf16", "fp16", "fp32")
-""""auto" serves at the first of these the device supports (fp8 only when asked for)."""

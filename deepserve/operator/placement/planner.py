@@ -10,25 +10,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from deepserve.engine.contract.precision import AUTO_MASTER_ORDER, POLICIES
 from deepserve.engine.hardware import Accelerator, Catalog, load_catalog
 from deepserve.operator.placement.estimate import (
     GIB,
     Estimate,
     LoadTerms,
     Workload,
+    engine_fp8_native,
     estimate,
     load_terms,
+    weight_bytes_per_gpu,
 )
-from deepserve.operator.placement.factors import (
-    AUTO_PRECISION_ORDER,
-    COMPUTE_PRECISION,
-    DEFAULT_FACTORS,
-    EfficiencyFactors,
-)
+from deepserve.operator.placement.factors import DEFAULT_FACTORS, EfficiencyFactors
 from deepserve.operator.placement.pools import PoolOffer
 from deepserve.operator.placement.shape import ModelShape
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
+PRECISIONS = POLICIES
 STRATEGIES = ("cost", "latency", "throughput")
 
 # Rejection stages, in the order the checks run; the plan's reason reports the furthest one.
@@ -144,10 +142,16 @@ def strategy_key(strategy: str, c: Candidate) -> tuple:
 
 
 def serving_precision(acc: Accelerator, requested: str) -> str | None:
-    """The precision ``acc`` serves ``requested`` at, or None when it cannot."""
+    """The precision policy the engine runs ``requested`` at on ``acc``, or None when it cannot.
+
+    ``auto`` stays ``auto`` (bf16 master, adaptive precision) where the device has bf16; on
+    devices without bf16 it becomes the first fixed precision they run (fp16, then fp32),
+    because the engine's ``auto`` would load bf16. This is what the engine is handed.
+    """
     if requested == "auto":
-        return next((p for p in AUTO_PRECISION_ORDER if acc.supports(p)), None)
-    return requested if acc.supports(COMPUTE_PRECISION[requested]) else None
+        master = next((p for p in AUTO_MASTER_ORDER if acc.supports(p)), None)
+        return "auto" if master == "bf16" else master
+    return requested if acc.supports(requested) else None
 
 
 def tp_degrees(shape: ModelShape, pool: PoolOffer, request: PlacementRequest) -> list[int]:
@@ -179,7 +183,7 @@ def _rule_violation(shape: ModelShape, pool: PoolOffer, acc: Accelerator, tp: in
 
 def _evaluate(shape: ModelShape, pool: PoolOffer, acc: Accelerator, precision: str, tp: int,
               request: PlacementRequest, work: Workload, factors: EfficiencyFactors,
-              selector: dict[str, str], cache: dict[tuple[str, int], LoadTerms]) -> Candidate:
+              selector: dict[str, str], cache: dict[tuple[str, int, bool], LoadTerms]) -> Candidate:
     """Check the hard rules cheapest-first; only options that fit get a speed estimate."""
 
     def make(code: str | None, reason: str | None, memory: float = 0.0,
@@ -205,9 +209,11 @@ def _evaluate(shape: ModelShape, pool: PoolOffer, acc: Accelerator, precision: s
     violation = _rule_violation(shape, pool, acc, tp, request)
     if violation:
         return make("TensorParallelLimit", violation)
-    terms = cache.get((precision, tp))
+    native = engine_fp8_native(acc)
+    terms = cache.get((precision, tp, native))
     if terms is None:
-        terms = cache[(precision, tp)] = load_terms(shape, precision, tp, work, factors)
+        terms = cache[(precision, tp, native)] = load_terms(shape, precision, tp, work, factors,
+                                                            native)
     need = terms.memory_bytes / GIB
     usable = acc.memory_gib * factors.memory_utilization
     if need > usable:
@@ -260,7 +266,9 @@ def _reason(shape: ModelShape, request: PlacementRequest, feasible: list[Candida
     worst = max(rejected, key=lambda c: (STAGES.get(c.rejected_code or "", 0), c.tensor_parallel))
     code = worst.rejected_code or "Rejected"
     if code == "NoPoolFits" or (code == "TensorParallelLimit" and pools):
-        need = shape.total_params * {"fp32": 4, "fp8": 1}.get(worst.precision, 2) / 2**30
+        acc = catalog.get(worst.accelerator_id) if worst.accelerator_id in catalog else None
+        precision = worst.precision if worst.precision in PRECISIONS else "bf16"
+        need = weight_bytes_per_gpu(shape, precision, 1, bool(acc and engine_fp8_native(acc))) / GIB
         def mem(p: PoolOffer) -> float:
             return catalog.get(p.accelerator_id).memory_gib if p.accelerator_id in catalog else 0.0
 
@@ -286,7 +294,7 @@ def plan_placement(
     feasible: list[Candidate] = []
     rejected: list[Candidate] = []
     work = request.workload()
-    cache: dict[tuple[str, int], LoadTerms] = {}
+    cache: dict[tuple[str, int, bool], LoadTerms] = {}
     for pool in pools:
         acc = catalog.get(pool.accelerator_id) if pool.accelerator_id in catalog else None
         precision = serving_precision(acc, request.precision) if acc else None

@@ -4,6 +4,10 @@ LLAMA3_8B = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32
              "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
              "vocab_size": 128256, "max_position_embeddings": 131072,
              "tie_word_embeddings": False}
+LLAMA3_3B = {"model_type": "llama", "hidden_size": 3072, "num_hidden_layers": 28,
+             "num_attention_heads": 24, "num_key_value_heads": 8, "intermediate_size": 8192,
+             "vocab_size": 128256, "max_position_embeddings": 131072,
+             "tie_word_embeddings": True}  # Llama-3.2-3B
 LLAMA3_70B = {"model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 80,
               "num_attention_heads": 64, "num_key_value_heads": 8, "intermediate_size": 28672,
               "vocab_size": 128256, "max_position_embeddings": 131072}

@@ -92,8 +92,9 @@ def brute_force(shape: ModelShape, pools: list[PoolOffer], req: PlacementRequest
         if pool.price_per_gpu_hour is not None and pool.currency != req.currency:
             continue
         acc = CAT.get(pool.accelerator_id)
-        if req.precision == "auto":
+        if req.precision == "auto":  # the engine's auto loads bf16; elsewhere a fixed precision
             precs = [p for p in ("bf16", "fp16", "fp32") if acc.tflops.get(p, 0) > 0][:1]
+            precs = ["auto" if p == "bf16" else p for p in precs]
         else:
             precs = [req.precision] if acc.tflops.get(req.precision, 0) > 0 else []
         for prec in precs:
