@@ -1,0 +1,100 @@
+"""The chart's gateway: Deployment (2 replicas, probes, secrets from files), Service, PDB, RBAC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.unit
+NAMESPACE = "deepserve-system"  # the namespace conftest renders into
+
+
+def _gateway(out: Any, kind: str) -> dict[str, Any]:
+    found = [d for d in out.of_kind(kind) if d["metadata"]["name"].endswith("-gateway")
+             or d["metadata"]["name"].endswith("-gateway-keys")]
+    assert len(found) == 1, f"expected one gateway {kind}, got {len(found)}"
+    return found[0]
+
+
+def test_off_by_default(render) -> None:
+    out = render()
+    assert out.returncode == 0, out.stderr
+    assert not [d for d in out.docs if "gateway" in d["metadata"]["name"]]
+
+
+def test_gateway_renders_what_a_front_door_needs(render, lint) -> None:
+    values = {"gateway": {"enabled": True}}
+    assert lint(values).returncode == 0
+    out = render(values)
+    assert out.returncode == 0, out.stderr
+    dep = _gateway(out, "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    pod = dep["spec"]["template"]["spec"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "gateway"
+    assert dep["spec"]["selector"]["matchLabels"] == {k: labels[k] for k in dep["spec"]["selector"]["matchLabels"]}
+    (c,) = pod["containers"]
+    args = c["args"]
+    assert c["command"] == ["deepserve", "gateway", "run"]
+    assert f"--keys-namespace={NAMESPACE}" in args and "--listen=0.0.0.0:8080" in args
+    assert any(a.startswith("--billing-token-file=/") for a in args)
+    assert not any("token=" in a and "file" not in a for a in args)  # no secret in argv
+    assert not any(a.startswith("--tls") for a in args)
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["serviceAccountName"].endswith("-gateway")
+
+    svc = _gateway(out, "Service")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"][0]["targetPort"] == "gateway"
+    pdb = _gateway(out, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+
+    rules = {(tuple(r["apiGroups"]), res): set(r["verbs"])
+             for r in _gateway(out, "ClusterRole")["rules"] for res in r["resources"]}
+    assert rules[(("deepserve.io",), "tenants")] == {"get", "list", "watch"}
+    assert rules[(("deepserve.io",), "inferencemodels")] == {"get", "list", "watch"}
+    assert rules[(("",), "pods")] == {"get", "list", "watch"}
+    assert (("",), "secrets") not in rules  # Secrets only through the namespaced Role
+    role = _gateway(out, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}]
+    binding = _gateway(out, "RoleBinding")
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
+
+    # The operator's NetworkPolicy lets the gateway read spend on the billing port.
+    policy = out.one("NetworkPolicy")
+    peers = [p for rule in policy["spec"]["ingress"] for p in rule.get("from", [])]
+    assert any(p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+               == "gateway" for p in peers)
+
+
+def test_tls_and_namespaces(render) -> None:
+    out = render({"gateway": {"enabled": True, "tls": {"secretName": "gw-tls"}, "keysNamespace": "keys",
+                              "watchNamespaces": ["team-a", "team-b"], "replicaCount": 3}})
+    assert out.returncode == 0, out.stderr
+    dep = _gateway(out, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert dep["spec"]["replicas"] == 3
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--keys-namespace=keys" in args
+    assert any(a.startswith("--tls-cert-file=") for a in args) and any(a.startswith("--tls-key-file=") for a in args)
+    assert {"name": "tls", "secret": {"secretName": "gw-tls", "defaultMode": 0o440}} in pod["volumes"]
+    assert pod["containers"][0]["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert _gateway(out, "Role")["metadata"]["namespace"] == "keys"
+
+
+@pytest.mark.parametrize(("values", "path"), [
+    ({"gateway": {"enabled": True, "replicaCount": 0}}, "/gateway/replicaCount"),
+    ({"gateway": {"enabled": True, "keyRefreshSeconds": 30}}, "/gateway/keyRefreshSeconds"),
+    ({"gateway": {"enabled": True, "keysNamespace": "Bad_NS"}}, "/gateway/keysNamespace"),
+    ({"gateway": {"enabled": True, "tls": {"secret": "x"}}}, "/gateway/tls"),
+    ({"gateway": {"replicas": 2}}, "/gateway"),
+])
+def test_bad_gateway_values_fail_naming_the_key(render, values: dict[str, Any], path: str) -> None:
+    out = render(values)
+    assert out.returncode != 0 and path in out.stderr, out.stderr
