@@ -1,0 +1,239 @@
+"""Gateway overhead: the real gateway in front of an instant fake pod, against going direct.
+
+    nice -n 10 python bench/bench_gateway.py                 # 3 runs of every figure
+    nice -n 10 python bench/bench_gateway.py --rate 500 --runs 5
+
+Three processes on 127.0.0.1: a fake engine pod (aiohttp, answers ``/v1/completions``
+at once, JSON or a 4-event SSE stream with usage), the gateway (``Gateway.start``, one
+key, a plan with requests/min, tokens/min and concurrency limits set high so every check
+runs), and this load generator. Per run:
+
+1. Fixed rate (open loop, ``--rate`` req/s for ``--seconds``): p50/p99 latency of
+   non-streaming requests direct to the pod and through the gateway; overhead = gateway
+   minus direct at the same percentile.
+2. Max non-streaming req/s through the gateway (``--concurrency`` callers in a closed
+   loop), and the same against the pod direct (the ratio bounds what the client can drive).
+3. Streaming: time to the first SSE event (TTFT), direct and through the gateway, at a
+   modest fixed rate; added = gateway minus direct (p50).
+
+Prints median and range (min-max) over ``--runs`` runs. On a shared 2-core machine the
+load generator itself competes for CPU: the figures are an upper bound on the overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import aiohttp
+from aiohttp import web
+
+KEY = "ds-benchbenchbe-benchsecret"
+BODY = {"model": "bench/tiny", "prompt": "Say hello to the benchmark, please. " * 4, "max_tokens": 16}
+
+
+# ---- the two server processes ---------------------------------------------------------
+def serve_pod(port_file: str) -> None:
+    """An instant OpenAI pod: JSON completions, or 4 SSE events plus usage."""
+    from deepserve.engine.openai_api import (
+        DONE_EVENT,
+        completion_chunk,
+        completion_response,
+        sse_event,
+        usage,
+    )
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if not body.get("stream"):
+            return web.json_response(completion_response("b", body["model"], "hi there", "stop", 40, 2))
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        for i in range(4):
+            await out.write(sse_event(completion_chunk("b", body["model"], "tok", "stop" if i == 3 else None)))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await out.write(sse_event(completion_chunk("b", body["model"], "", None, usage(40, 4))))
+        await out.write(DONE_EVENT)
+        return out
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    asyncio.run(_serve_forever(app, port_file))
+
+
+def serve_gateway(port_file: str, pod_url: str) -> None:
+    """The real gateway with one key and high limits, in front of ``pod_url``."""
+    import hmac
+
+    from deepserve.operator.gateway.server import Gateway, ModelRoute
+    from deepserve.operator.tenancy import ModelSelector, Principal, TenantPlan
+
+    plan = TenantPlan(ModelSelector(allow_all=True), requests_per_minute=10_000_000,
+                      tokens_per_minute=10_000_000_000, max_concurrent_requests=100_000)
+    principal = Principal("bench", "benchbenchbe", plan)
+
+    class OneKey:
+        def authenticate(self, presented_key: str) -> Principal | None:
+            return principal if hmac.compare_digest(presented_key.encode(), KEY.encode()) else None
+
+    async def main() -> None:
+        gw = Gateway(OneKey(), [ModelRoute("bench", "tiny", pod_url)])
+        port = await gw.start("127.0.0.1", 0)
+        _write_port(port_file, port)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+async def _serve_forever(app: web.Application, port_file: str) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    _write_port(port_file, int(runner.addresses[0][1]))
+    await asyncio.Event().wait()
+
+
+def _write_port(path: str, port: int) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(str(port))
+    os.replace(path + ".tmp", path)
+
+
+def _spawn(role: str, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = f"/tmp/bench-gateway-{os.getpid()}-{role}.port"
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", role, port_file, *args])
+    deadline = time.monotonic() + 30
+    while not os.path.exists(port_file):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit(f"{role} did not start")
+        time.sleep(0.05)
+    with open(port_file) as f:
+        port = int(f.read())
+    os.unlink(port_file)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+# ---- load ----------------------------------------------------------------------------
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def one(session: aiohttp.ClientSession, url: str, stream: bool) -> float:
+    """Seconds to the whole response (or to the first SSE event when streaming)."""
+    body = {**BODY, "stream": True} if stream else BODY
+    start = time.perf_counter()
+    async with session.post(url + "/v1/completions", json=body) as r:
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
+        if stream:
+            await r.content.readline()
+            first = time.perf_counter() - start
+            await r.read()
+            return first
+        await r.read()
+    return time.perf_counter() - start
+
+
+async def fixed_rate(session: aiohttp.ClientSession, url: str, rate: float, seconds: float,
+                     stream: bool = False) -> list[float]:
+    """Open loop: one request every 1/rate s, whatever the answers do; their latencies."""
+    tasks: list[asyncio.Task[float]] = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(session, url, stream)))
+    return list(await asyncio.gather(*tasks))
+
+
+async def max_rps(session: aiohttp.ClientSession, url: str, concurrency: int, seconds: float) -> float:
+    """Closed loop: ``concurrency`` callers back to back; completed requests per second."""
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def caller() -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            await one(session, url, False)
+            done += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*[caller() for _ in range(concurrency)])
+    return done / (time.perf_counter() - start)
+
+
+def summary(name: str, values: list[float], unit: str) -> str:
+    """``name: median (min-max) unit``."""
+    return f"{name:<44} {statistics.median(values):9.2f} {unit}  (range {min(values):.2f}-{max(values):.2f}, n={len(values)})"
+
+
+async def bench(args: argparse.Namespace, pod: str, gw: str) -> None:
+    connector = aiohttp.TCPConnector(limit=0)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    figures: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        figures.setdefault(key, []).append(value)
+
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as s:
+        await fixed_rate(s, gw, 100, 1)  # warm both paths and their connection pools
+        await fixed_rate(s, pod, 100, 1)
+        for run in range(args.runs):
+            direct = await fixed_rate(s, pod, args.rate, args.seconds)
+            through = await fixed_rate(s, gw, args.rate, args.seconds)
+            for q, label in ((0.5, "p50"), (0.99, "p99")):
+                add(f"direct {label} ms @{args.rate:g}/s", pct(direct, q) * 1e3)
+                add(f"gateway {label} ms @{args.rate:g}/s", pct(through, q) * 1e3)
+                add(f"overhead {label} ms @{args.rate:g}/s", (pct(through, q) - pct(direct, q)) * 1e3)
+            gw_rps = await max_rps(s, gw, args.concurrency, args.seconds)
+            pod_rps = await max_rps(s, pod, args.concurrency, args.seconds)
+            add("max req/s through the gateway", gw_rps)
+            add("max req/s direct to the pod", pod_rps)
+            add("gateway / direct max req/s", gw_rps / pod_rps)
+            ttft_direct = await fixed_rate(s, pod, args.stream_rate, args.seconds, stream=True)
+            ttft_gw = await fixed_rate(s, gw, args.stream_rate, args.seconds, stream=True)
+            add(f"TTFT p50 ms direct @{args.stream_rate:g}/s", pct(ttft_direct, 0.5) * 1e3)
+            add(f"TTFT p50 ms gateway @{args.stream_rate:g}/s", pct(ttft_gw, 0.5) * 1e3)
+            add("TTFT added p50 ms", (pct(ttft_gw, 0.5) - pct(ttft_direct, 0.5)) * 1e3)
+            print(f"run {run + 1}/{args.runs} done", flush=True)
+    for key, values in figures.items():
+        unit = "req/s" if "req/s" in key and "/ direct" not in key else ("x" if "/ direct" in key else "ms")
+        print(summary(key, values, unit))
+
+
+def main() -> None:
+    """Start the pod and the gateway processes, run the load, print the figures."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--rate", type=float, default=200.0, help="fixed rate, requests/s")
+    p.add_argument("--stream-rate", type=float, default=100.0)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        role, port_file, *rest = args.serve
+        serve_pod(port_file) if role == "pod" else serve_gateway(port_file, rest[0])
+        return
+    pod_proc, pod_url = _spawn("pod")
+    gw_proc, gw_url = _spawn("gateway", pod_url)
+    try:
+        print(f"pod {pod_url}, gateway {gw_url}; {args.runs} runs, {os.cpu_count()} CPUs", flush=True)
+        asyncio.run(bench(args, pod_url, gw_url))
+    finally:
+        for proc in (gw_proc, pod_proc):
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
