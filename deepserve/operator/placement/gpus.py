@@ -72,6 +72,24 @@ def node_gpus(node: Mapping[str, Any]) -> int:
     return gpu_quantity(status.get("allocatable") or status.get("capacity"))[1]
 
 
+MIG_COMPUTE_SLICES = 7
+"""Compute slices of a MIG-capable NVIDIA GPU (A100/H100/H200: a ``1g`` profile is 1/7)."""
+
+
+def mig_profile(name: str) -> str | None:
+    """The MIG profile (``1g.5gb``) named by a slice resource or GFD product label, or None."""
+    match = _MIG_RESOURCE.match(name) or _MIG_LABEL.search(name)
+    return f"{match.group(1)}g.{match.group(2)}gb" if match else None
+
+
+def mig_compute_fraction(profile: str) -> float:
+    """Share of the card's compute a MIG profile gets (``3g.20gb`` -> 3/7)."""
+    match = re.match(r"^(\d+)g\.\d+gb$", profile)
+    if match is None:
+        raise ValueError(f"MIG profile {profile!r}: expected <compute>g.<memory>gb, e.g. 1g.5gb")
+    return min(1.0, int(match.group(1)) / MIG_COMPUTE_SLICES)
+
+
 def mig_slice_memory_gib(name: str) -> int | None:
     """Memory (GB) of a MIG slice named by a resource or GFD product label, or None.
 

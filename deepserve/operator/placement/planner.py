@@ -218,7 +218,7 @@ def _evaluate(shape: ModelShape, pool: PoolOffer, acc: Accelerator, precision: s
     usable = acc.memory_gib * factors.memory_utilization
     if need > usable:
         return make("NoPoolFits", f"needs {need:.1f} GiB per GPU at TP={tp}, {acc.name} offers "
-                    f"{usable:.1f} usable of {acc.memory_gib:g}", need)
+                    f"{usable:.1f} usable of {acc.memory_gib:.4g}", need)
     capacity = pool.replica_capacity(tp)
     if capacity < request.replicas:
         return make("NoCapacity", f"room for {capacity} of {request.replicas} replicas of {tp} "
@@ -270,7 +270,7 @@ def _reason(shape: ModelShape, request: PlacementRequest, feasible: list[Candida
         precision = worst.precision if worst.precision in PRECISIONS else "bf16"
         need = weight_bytes_per_gpu(shape, precision, 1, bool(acc and engine_fp8_native(acc))) / GIB
         def mem(p: PoolOffer) -> float:
-            return catalog.get(p.accelerator_id).memory_gib if p.accelerator_id in catalog else 0.0
+            return p.accelerator(catalog.get(p.accelerator_id)).memory_gib if p.accelerator_id in catalog else 0.0
 
         big = max(pools, key=lambda p: p.gpus_per_node * mem(p))
         return (f"{code}: weights alone need {need:.0f} GiB; largest pool {big.name} offers "
@@ -296,7 +296,8 @@ def plan_placement(
     work = request.workload()
     cache: dict[tuple[str, int, bool], LoadTerms] = {}
     for pool in pools:
-        acc = catalog.get(pool.accelerator_id) if pool.accelerator_id in catalog else None
+        card = catalog.get(pool.accelerator_id) if pool.accelerator_id in catalog else None
+        acc = pool.accelerator(card) if card else None  # a MIG slice offers its own memory
         precision = serving_precision(acc, request.precision) if acc else None
         refused = _pool_level(pool, acc, request, precision)
         if refused:

@@ -10,8 +10,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from deepserve.engine.hardware import DEEPSERVE_LABEL, LABEL_KEYS, Catalog, load_catalog
-from deepserve.operator.placement.gpus import gpu_quantity, pod_gpus
+from deepserve.engine.hardware import (
+    DEEPSERVE_LABEL,
+    LABEL_KEYS,
+    Accelerator,
+    Catalog,
+    load_catalog,
+)
+from deepserve.operator.placement.gpus import (
+    gpu_quantity,
+    mig_compute_fraction,
+    mig_profile,
+    mig_slice_memory_gib,
+    pod_gpus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +50,27 @@ class PoolOffer:
     source: str = "nodes"
     node_free_gpus: tuple[int, ...] = ()
     """Free GPUs per existing node; when given, replicas must fit within one node each."""
+    partition: str = ""
+    """MIG profile (``1g.5gb``) when every GPU of the pool is a slice of the catalog device."""
+    gpu_resource: str = ""
+    """The extended resource a replica's pod requests (``nvidia.com/mig-1g.5gb``); "" = the
+    vendor's whole-device resource."""
+
+    def accelerator(self, acc: Accelerator) -> Accelerator:
+        """What one GPU of this pool is: ``acc``, or for a MIG slice its own memory, a share of
+        the card's bandwidth (by memory slices) and compute (by compute slices), and no
+        interconnect (slices cannot form a tensor-parallel group)."""
+        if not self.partition:
+            return acc
+        gb = mig_slice_memory_gib(f"nvidia.com/mig-{self.partition}")
+        if gb is None:
+            raise ValueError(f"pool {self.name}: partition {self.partition!r} is not a MIG profile")
+        memory = gb * 1e9 / 2**30
+        compute = mig_compute_fraction(self.partition)
+        return replace(
+            acc, name=f"{acc.name} MIG {self.partition}", memory_gib=memory,
+            bandwidth_gbs=acc.bandwidth_gbs * min(1.0, memory / acc.memory_gib),
+            tflops={k: v * compute for k, v in acc.tflops.items()}, interconnect_gbs=0.0)
 
     def replica_capacity(self, gpus_per_replica: int) -> int:
         """How many replicas of ``gpus_per_replica`` GPUs fit now plus by scaling to max_nodes."""
@@ -63,13 +96,15 @@ def _spec_offer(name: str, spec: Mapping[str, Any], source: str, nodes: int = 0,
                 free: int = 0, node_free: tuple[int, ...] = ()) -> PoolOffer:
     price = spec.get("pricePerGpuHour")
     gpn = int(spec.get("gpusPerNode") or 0)
+    partition = str(spec.get("migProfile") or "")
     return PoolOffer(
         name=name, accelerator_id=str(spec.get("acceleratorId", "")), gpus_per_node=gpn,
         nodes=nodes, free_gpus=free,
         price_per_gpu_hour=float(price) if price is not None else None,
         currency=str(spec.get("currency") or "USD"), max_nodes=int(spec.get("maxNodes") or nodes),
         node_selector=dict(spec.get("nodeSelector") or {}), source=source,
-        node_free_gpus=node_free,
+        node_free_gpus=node_free, partition=partition,
+        gpu_resource=f"nvidia.com/mig-{partition}" if partition else "",
     )
 
 
@@ -97,6 +132,10 @@ def pools_from_document(doc: Any) -> list[PoolOffer]:
         price = spec.get("pricePerGpuHour")
         if price is not None and (not isinstance(price, int | float) or price < 0):
             raise ValueError(f"pools[{i}].pricePerGpuHour: must be a number >= 0, got {price!r}")
+        profile = spec.get("migProfile")
+        if profile is not None and mig_profile(f"nvidia.com/mig-{profile}") is None:
+            raise ValueError(f"pools[{i}].migProfile: expected <compute>g.<memory>gb such as "
+                             f"1g.5gb, got {profile!r}")
         nodes = int(spec.get("nodes", 0))
         free = int(spec.get("freeGpus", nodes * int(spec["gpusPerNode"])))
         offers.append(_spec_offer(str(name), spec, "GPUNodePool", nodes, free))
@@ -181,6 +220,8 @@ class _Group:
     gpus_per_node: int = 0
     nodes: int = 0
     free: list[int] = field(default_factory=list)
+    partition: str = ""
+    resource: str = ""
 
 
 def discover_pools(
@@ -210,6 +251,9 @@ def discover_pools(
         if capacity <= 0:
             continue  # CPU-only node
         acc = catalog.resolve_node_labels(labels)
+        # a MIG slice (mixed strategy: its resource; single strategy: the product label) is
+        # its own accelerator, never the whole card
+        partition = mig_profile(resource) or mig_profile(labels.get("nvidia.com/gpu.product", "")) or ""
         pool_name = next((n for n, p in declared.items()
                           if _matches((p.get("spec") or {}).get("nodeSelector") or {}, labels)), "")
         if acc is None:
@@ -223,14 +267,17 @@ def discover_pools(
                 continue
         if not pool_name:
             key = next((k for k in POOL_LABELS if k in labels), "")
-            pool_name = labels[key] if key else f"{acc.id}-x{capacity}"
+            pool_name = labels[key] if key else (
+                f"{acc.id}-mig-{partition}-x{capacity}" if partition else f"{acc.id}-x{capacity}")
             selector = {key: labels[key]} if key else _identifying_label(catalog, labels, acc.id)
         else:
             selector = dict((declared[pool_name].get("spec") or {}).get("nodeSelector") or {})
-        grp = groups.setdefault(pool_name, _Group(selector, acc.id))
-        if grp.accelerator_id != acc.id:
-            unknown.append(f"node {name}: accelerator {acc.id} differs from pool {pool_name}'s "
-                           f"{grp.accelerator_id}; left out")
+        grp = groups.setdefault(pool_name, _Group(selector, acc.id, partition=partition,
+                                                  resource=resource if partition else ""))
+        if (grp.accelerator_id, grp.partition) != (acc.id, partition):
+            unknown.append(f"node {name}: accelerator {acc.id}{' MIG ' + partition if partition else ''} "
+                           f"differs from pool {pool_name}'s {grp.accelerator_id}"
+                           f"{' MIG ' + grp.partition if grp.partition else ''}; left out")
             continue
         grp.gpus_per_node = max(grp.gpus_per_node, capacity)
         if _node_ready(node):
@@ -260,14 +307,16 @@ def discover_pools(
             spec["acceleratorId"] = group.accelerator_id
         spec["gpusPerNode"] = spec.get("gpusPerNode") or group.gpus_per_node
         spec["maxNodes"] = max(int(spec.get("maxNodes") or 0), group.nodes)
-        offers.append(_spec_offer(pool_name, spec, "both", group.nodes, sum(group.free),
-                                  tuple(group.free)))
+        spec["migProfile"] = spec.get("migProfile") or group.partition
+        offer = _spec_offer(pool_name, spec, "both", group.nodes, sum(group.free), tuple(group.free))
+        offers.append(replace(offer, gpu_resource=group.resource or offer.gpu_resource))
     for pool_name, group in groups.items():
         offers.append(PoolOffer(
             name=pool_name, accelerator_id=group.accelerator_id,
             gpus_per_node=group.gpus_per_node, nodes=group.nodes, free_gpus=sum(group.free),
             max_nodes=group.nodes, node_selector=group.selector, source="nodes",
-            node_free_gpus=tuple(group.free),
+            node_free_gpus=tuple(group.free), partition=group.partition,
+            gpu_resource=group.resource,
         ))
     log.debug("discovered %d pools, %d warnings", len(offers), len(unknown))
     return DiscoveredPools(pools=sorted(offers, key=lambda o: o.name), unknown=unknown)
