@@ -21,10 +21,13 @@ _PLURALS = {
     "Ingress": "ingresses", "PodDisruptionBudget": "poddisruptionbudgets", "HTTPRoute": "httproutes",
     "InferenceModel": "inferencemodels", "GPUNodePool": "gpunodepools", "Endpoints": "endpoints",
     "CustomResourceDefinition": "customresourcedefinitions", "ClusterKopfPeering": "clusterkopfpeerings",
-    "KopfPeering": "kopfpeerings", "Lease": "leases",
+    "KopfPeering": "kopfpeerings", "Lease": "leases", "NetworkPolicy": "networkpolicies",
+    "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+    "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
 }
 _CLUSTER_SCOPED = {"Node", "Namespace", "GPUNodePool", "Tenant", "CustomResourceDefinition", "ClusterKopfPeering",
-                   "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"}
+                   "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass",
+                   "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 class KubeError(RuntimeError):

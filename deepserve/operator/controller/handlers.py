@@ -40,6 +40,7 @@ from deepserve.operator.controller.planning import ranked_candidates
 from deepserve.operator.controller.pools import pool_status
 from deepserve.operator.controller.reconcile import (
     AppliedCache,
+    ChildRejected,
     DecisionCache,
     Observed,
     needs_placement,
@@ -216,11 +217,20 @@ def run_reconcile(model: dict[str, Any], indexes: dict[str, Any], state: Control
         kopf.event(model, type=type_, reason=reason, message=message[:1000])  # type: ignore[arg-type]
     if result.applied or result.deleted:
         log.info("%s/%s: applied %d, deleted %d", *key, len(result.applied), len(result.deleted))
+    if result.failure is not None:
+        raise result.failure
 
 
-def _model_handler(body: Any, memo: Any, **kwargs: Any) -> None:
+REJECTED_BACKOFF_S = (10, 20, 40, 80, 160, 300)  # retries of a refused child, then every 5 minutes
+
+
+def _model_handler(body: Any, memo: Any, retry: int = 0, **kwargs: Any) -> None:
     try:
         run_reconcile(model_snapshot(body), kwargs, memo.deepserve)
+    except ChildRejected as e:
+        # expected: status and a Warning Event already say why; kopf logs one line, no traceback
+        delay = REJECTED_BACKOFF_S[min(retry, len(REJECTED_BACKOFF_S) - 1)]
+        raise kopf.TemporaryError(f"the API server refused {e}; retrying in {delay}s", delay=delay) from None
     except KubeError as e:
         if e.status in (409, 429, 500, 503, 504) or e.status == 0:
             raise kopf.TemporaryError(f"API server: {e}", delay=5) from e
@@ -273,6 +283,8 @@ async def _owned_event(event: Any, body: Any, memo: Any, **kwargs: Any) -> None:
     model = next(iter(models[key]))
     try:
         await asyncio.to_thread(run_reconcile, model, kwargs, state)
+    except ChildRejected as e:  # in status and an Event already; the handler's backoff retries
+        log.debug("%s/%s: reconcile after %s event: the API server refused %s", *key, body.get("kind"), e)
     except KubeError as e:  # the timer and later events retry
         log.warning("%s/%s: reconcile after %s event failed: %s", *key, body.get("kind"), e)
 
@@ -309,6 +321,8 @@ async def _model_daemon(options: OperatorOptions, name: str, namespace: str, mem
             resync_at = loop.time() + options.resync_seconds
             try:
                 await asyncio.to_thread(run_reconcile, next(iter(models[key])), kwargs, state)
+            except ChildRejected as e:  # reported in status and an Event when it began
+                log.debug("%s/%s: periodic resync: the API server refused %s", namespace, name, e)
             except Exception as e:  # the next resync and the next watch event retry
                 log.warning("%s/%s: periodic resync failed: %s", namespace, name, e)
     finally:

@@ -37,6 +37,29 @@ class ChildWriter(Protocol):
                      status: dict[str, Any]) -> dict[str, Any]: ...
 
 
+REFUSED_STATUSES = (400, 403, 422)  # BadRequest, Forbidden (quota, policy), Invalid
+
+
+class ChildRejected(RuntimeError):
+    """The API server refused a child object: an expected failure, reported in status and
+    an Event and retried with backoff, never a traceback.
+
+    ``status`` and ``message`` come from the writer's error (KubeError in production).
+    """
+
+    def __init__(self, kind: str, name: str, status: int, message: str) -> None:
+        super().__init__(f"{kind} {name}: {message}")
+        self.kind, self.name, self.status, self.message = kind, name, status, message
+
+
+def _refusal(obj: dict[str, Any], error: Exception) -> ChildRejected | None:
+    status = getattr(error, "status", None)
+    if status not in REFUSED_STATUSES:
+        return None
+    return ChildRejected(obj["kind"], obj["metadata"]["name"], int(status or 0),
+                         str(getattr(error, "message", error))[:2000])
+
+
 @dataclass
 class Observed:
     """A snapshot of one model and what it owns, from the operator's indexes."""
@@ -70,6 +93,7 @@ class Result:
     status_written: bool = False
     events: list[Event] = field(default_factory=list)
     placed: tuple[str, int] | None = None  # (pool, GPUs) when this reconcile made a new placement
+    failure: Exception | None = None  # a child write failed: in status already; the caller raises it
 
 
 def needs_placement(model: dict[str, Any], status: dict[str, Any] | None = None) -> bool:
@@ -195,7 +219,13 @@ def ensure_children(decision: Decision, observed: Observed, writer: ChildWriter,
             continue
         if drift:
             result.events.append(("Warning", "DriftCorrected", f"{drift} {key[0]} {key[1]}"))
-        written = writer.apply(obj)
+        try:
+            written = writer.apply(obj)
+        except Exception as e:
+            refused = _refusal(obj, e)
+            if refused is None:
+                raise
+            raise refused from e
         applied[(ns, *key)] = (want, marker_of(written), clock)
         result.applied.append(f"{key[0]}/{key[1]}")
     if decision.spec is None and decision.spec_error:
@@ -250,6 +280,9 @@ def reconcile(observed: Observed, writer: ChildWriter, settings: Settings, appli
               decisions: DecisionCache | None = None) -> tuple[Result, dict[str, Any]]:
     """Run one reconcile; returns what it did and the status now in effect.
 
+    A failed child write is reported in status and returned in ``Result.failure`` (after the
+    status write, so its Events can be posted) for the caller to raise and retry.
+
     ``clock`` is a monotonic time (seconds) used to wait for our own writes to reach the
     watch cache; ``decisions`` memoises decide() across calls.
     """
@@ -265,12 +298,13 @@ def reconcile(observed: Observed, writer: ChildWriter, settings: Settings, appli
         result.placed = (chosen.pool, decision.total * chosen.gpus_per_replica)
     try:
         ensure_children(decision, observed, writer, applied, result, clock)
-    except Exception as e:  # reported in status, then re-raised so the caller retries
+    except Exception as e:  # reported in status and returned, so the caller posts Events and retries
         failure = e
     inputs = StatusInputs(
         name=md["name"], namespace=md["namespace"], generation=int(md.get("generation", 1)), now=now,
         cluster_domain=settings.cluster_domain, spec_error=decision.spec_error, plan=decision.plan,
-        apply_error=str(failure)[:2000] if failure else None,
+        apply_error=str(failure)[:2000] if failure and not isinstance(failure, ChildRejected) else None,
+        child_rejected=str(failure) if isinstance(failure, ChildRejected) else None,
         weights={v.name: v.weight for v in decision.spec.versions} if decision.spec else {},
         desired=decision.replicas, total_desired=decision.total, deployments=observed.deployments,
         pods=observed.pods, previous=old,
@@ -279,6 +313,7 @@ def reconcile(observed: Observed, writer: ChildWriter, settings: Settings, appli
     if decision.plan is not None and "placement" in status:
         status["placement"]["requestDigest"] = placement_digest(model.get("spec") or {})
     _decision_events(decision, old, result)
+    _health_events(decision, old, status, result)
     patch = merge_patch(old, status)
     if patch:
         writer.patch_status(API_VERSION, "InferenceModel", md["name"], md["namespace"], patch)
@@ -287,8 +322,7 @@ def reconcile(observed: Observed, writer: ChildWriter, settings: Settings, appli
         result.events.append(("Normal", "Applied", "applied " + ", ".join(result.applied)))
     if result.deleted:
         result.events.append(("Normal", "Pruned", "deleted " + ", ".join(result.deleted)))
-    if failure is not None:
-        raise failure
+    result.failure = failure
     return result, status
 
 
@@ -307,3 +341,16 @@ def _decision_events(decision: Decision, old: dict[str, Any], result: Result) ->
     elif p.chosen is not None and before.get("pool") != p.chosen.pool:
         result.events.append(("Normal", "Placed", f"pool {p.chosen.pool} ({p.chosen.accelerator_id}), "
                                                   f"{p.chosen.gpus_per_replica} GPU(s)/replica: {p.reason}"))
+
+
+def _degraded(status: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) or [] if c.get("type") == "Degraded"), {})
+
+
+def _health_events(decision: Decision, old: dict[str, Any], new: dict[str, Any], result: Result) -> None:
+    """A Warning Event when the model becomes Degraded or the reason changes (not per restart)."""
+    if decision.spec_error or decision.plan is None or decision.plan.chosen is None:
+        return  # refusals of the spec or of placement have their own Events
+    now, was = _degraded(new), _degraded(old)
+    if now.get("status") == "True" and (was.get("status") != "True" or was.get("reason") != now.get("reason")):
+        result.events.append(("Warning", now.get("reason") or "Degraded", now.get("message", "")))

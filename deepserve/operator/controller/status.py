@@ -22,7 +22,8 @@ class StatusInputs:
     now: str  # RFC 3339, used only for conditions that change
     cluster_domain: str = "cluster.local"
     spec_error: str | None = None
-    apply_error: str | None = None  # writing a child failed (quota, admission, IP range, ...)
+    apply_error: str | None = None  # writing a child failed for a passing reason (conflict, timeout, ...)
+    child_rejected: str | None = None  # the API server refused a child: "<Kind> <name>: <its message>"
     plan: PlanOutcome | None = None
     weights: dict[str, int] = field(default_factory=dict)  # version -> traffic weight
     desired: dict[str, int] = field(default_factory=dict)  # version -> desired replicas
@@ -42,7 +43,8 @@ def _version_state(inp: StatusInputs, name: str) -> tuple[dict[str, Any], str | 
     d = inp.deployments.get(name)
     want = inp.desired.get(name, 0)
     pods = [p for p in inp.pods if p.version == name]
-    trouble = next((f"{p.name}: {p.waiting_reason}" for p in pods if p.waiting_reason), None)
+    trouble = next((f"{p.waiting_reason}: pod {p.name}: {p.failure or p.waiting_reason}"
+                    for p in pods if p.waiting_reason), None)
     if d is not None and d.deadline_exceeded:
         trouble = trouble or f"ProgressDeadlineExceeded: {d.message}"
     ready = d.ready if d else 0
@@ -104,10 +106,20 @@ def _conditions(inp: StatusInputs, versions: list[dict[str, Any]], troubles: lis
                    if v["readyReplicas"] < v["replicas"]]
         ready = _cond("Ready", False, "ReplicasNotReady" if not unsched else "Unschedulable",
                       "waiting for ready replicas: " + ", ".join(waiting))
-    if inp.apply_error:
+    if inp.child_rejected:
+        msg = f"the API server refused {inp.child_rejected}"
+        degraded = _cond("Degraded", True, "ChildRejected", msg)
+        progressing = _cond("Progressing", False, "ChildRejected", msg)
+        if ready["status"] != "True":
+            ready = _cond("Ready", False, "ChildRejected", msg)
+    elif inp.apply_error:
         degraded = _cond("Degraded", True, "ApplyFailed", inp.apply_error)
     elif troubles:
-        degraded = _cond("Degraded", True, "ReplicaFailure", "; ".join(troubles))
+        # the real reason (CrashLoopBackOff, ImagePullBackOff, OOMKilled, ...) of the first failure
+        word = troubles[0].split(":", 1)[0]
+        degraded = _cond("Degraded", True, word, "; ".join(troubles))
+        if ready["status"] != "True":
+            ready = _cond("Ready", False, word, "; ".join(troubles))
     elif unsched:
         degraded = _cond("Degraded", True, "Unschedulable", scheduled["message"])
     else:
@@ -135,7 +147,7 @@ def compute_status(inp: StatusInputs) -> dict[str, Any]:
         entry, trouble = _version_state(inp, name)
         versions.append(entry)
         if trouble:
-            troubles.append(f"{name}: {trouble}")
+            troubles.append(trouble.replace(": ", f": version {name}: ", 1))
     status: dict[str, Any] = {
         "observedGeneration": inp.generation,
         "conditions": _with_times(_conditions(inp, versions, troubles), inp),

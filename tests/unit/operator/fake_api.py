@@ -8,6 +8,7 @@ from typing import Any
 
 from deepserve.operator.controller.observed import child_ref, deployment_state
 from deepserve.operator.controller.reconcile import Observed
+from deepserve.operator.kube import KubeError
 
 _GENERATION_KINDS = {"Deployment", "PodDisruptionBudget", "HTTPRoute"}
 
@@ -21,6 +22,7 @@ class FakeApi:
         self.writes = 0
         self._rv = itertools.count(100)
         self._uid = itertools.count(1)
+        self.refuse: dict[str, KubeError] = {}  # kind -> the error the API server answers
 
     @staticmethod
     def _content(obj: dict[str, Any]) -> dict[str, Any]:
@@ -28,6 +30,8 @@ class FakeApi:
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.writes += 1
+        if obj["kind"] in self.refuse:
+            raise self.refuse[obj["kind"]]
         key = (obj["kind"], obj["metadata"]["name"])
         cur = self.objects.get(key)
         if cur is not None and self._content(cur) == self._content(obj):

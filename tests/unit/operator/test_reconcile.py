@@ -190,8 +190,8 @@ def test_a_refused_write_is_reported_in_status_and_raised() -> None:
             return super().apply(obj)
 
     api = Refusing()
-    with pytest.raises(RuntimeError):
-        run(api, model_obj(make_model("llama")), {})
+    result, _ = run(api, model_obj(make_model("llama")), {})
+    assert isinstance(result.failure, RuntimeError)
     degraded = next(c for c in api.status_patches[-1]["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "ApplyFailed" and "range is full" in degraded["message"]
 
@@ -219,3 +219,54 @@ def test_an_unknown_name_next_to_a_known_pool_is_noted_and_the_known_one_used() 
     scheduled = _condition(status, "Scheduled")
     assert scheduled["status"] == "True" and status["placement"]["pool"] == "l4"
     assert "no pool named gone exists" in scheduled["message"]
+
+
+def test_a_refused_child_is_reported_once_and_returned_as_child_rejected() -> None:
+    from deepserve.operator.controller.reconcile import ChildRejected
+    from deepserve.operator.kube import KubeError
+
+    api, applied = FakeApi(), {}
+    api.refuse["Deployment"] = KubeError(422, "Invalid", 'Deployment.apps "r-main" is invalid: spec.x: Invalid')
+    model = model_obj(make_model("r"))
+    result, status = run(api, model, applied)
+    assert isinstance(result.failure, ChildRejected)
+    assert (result.failure.kind, result.failure.name, result.failure.status) == ("Deployment", "r-main", 422)
+    warnings = [(r, m) for t, r, m in result.events if t == "Warning"]
+    assert len(warnings) == 1 and warnings[0][0] == "ChildRejected" and "spec.x: Invalid" in warnings[0][1]
+    degraded = _condition(status, "Degraded")
+    assert degraded["reason"] == "ChildRejected" and "Deployment r-main" in degraded["message"]
+    assert "spec.x: Invalid" in degraded["message"]
+    assert _condition(status, "Progressing")["reason"] == "ChildRejected"
+    # the next attempt is refused again: no new status write, no second Event
+    result, _ = run(api, model, applied, last=status)
+    assert isinstance(result.failure, ChildRejected) and result.events == []
+    assert len(api.status_patches) == 1
+
+
+def test_a_transient_write_error_is_not_a_refusal() -> None:
+    from deepserve.operator.kube import KubeError
+
+    api, applied = FakeApi(), {}
+    api.refuse["Deployment"] = KubeError(503, "ServiceUnavailable", "etcd leader changed")
+    result, _ = run(api, model_obj(make_model("t")), applied)
+    assert isinstance(result.failure, KubeError)
+    assert _condition(api.status_patches[-1], "Degraded")["reason"] == "ApplyFailed"
+
+
+def test_degraded_pods_post_one_warning_event_per_reason() -> None:
+    from deepserve.operator.controller.observed import PodState
+
+    api, applied = FakeApi(), {}
+    model = model_obj(make_model("crash"))
+    _, status = run(api, model, applied)
+    pod = PodState("crash-main-x", "main", "Running", "n1", False, None, "CrashLoopBackOff",
+                   "container triton, restarted 3 times", 3)
+    seen = api.observed(model, POOLS)
+    seen.pods = (pod,)
+    result, status = run(api, model, applied, last=status, observed=seen)
+    assert [(t, r) for t, r, _ in result.events] == [("Warning", "CrashLoopBackOff")]
+    assert "restarted 3 times" in result.events[0][2]
+    seen.pods = (PodState("crash-main-x", "main", "Running", "n1", False, None, "CrashLoopBackOff",
+                          "container triton, restarted 4 times", 4),)
+    result, _ = run(api, model, applied, last=status, observed=seen)
+    assert result.events == []  # same reason, one more restart: status updated, no new Event

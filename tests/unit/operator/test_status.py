@@ -60,8 +60,73 @@ def test_unschedulable_pod_is_reported_with_the_scheduler_message() -> None:
 def test_crash_loop_and_deadline_are_degraded() -> None:
     pod = PodState("m-main-x", "main", "Running", "node-1", False, None, "CrashLoopBackOff")
     st = status(deployments={"main": dep(0, exceeded=True)}, pods=(pod,))
-    assert cond(st, "Degraded") == ("True", "ReplicaFailure")
+    assert cond(st, "Degraded") == ("True", "CrashLoopBackOff")
     assert st["versions"][0]["state"] == "Failed"
+    st = status(deployments={"main": dep(0, exceeded=True)})
+    assert cond(st, "Degraded") == ("True", "ProgressDeadlineExceeded")
+
+
+UNKNOWN_BUILTIN = "model source 'builtin://tiny-x': unknown built-in model; known: tiny-llama"
+
+
+def crashing_pod(**container: Any) -> dict[str, Any]:
+    cs = {"name": "triton", "ready": False, "restartCount": 5,
+          "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 2m40s restarting failed"}},
+          "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": UNKNOWN_BUILTIN}}}
+    cs.update(container)
+    return {"metadata": {"name": "m-main-x", "labels": {"deepserve.io/version": "main"}},
+            "spec": {"nodeName": "node-1"},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+                       "containerStatuses": [cs]}}
+
+
+def test_crash_looping_pod_is_degraded_and_not_ready_with_the_kubelets_reason_and_message() -> None:
+    st = status(deployments={"main": dep(0)}, pods=(pod_state(crashing_pod()),))
+    assert cond(st, "Degraded") == ("True", "CrashLoopBackOff")
+    assert cond(st, "Ready") == ("False", "CrashLoopBackOff")
+    message = next(c["message"] for c in st["conditions"] if c["type"] == "Degraded")
+    assert "m-main-x" in message and "restarted 5 times" in message and "exit Error (code 1)" in message
+    assert UNKNOWN_BUILTIN in message  # the engine's own words, so the user knows what to fix
+
+
+def test_pod_between_two_crashes_is_still_failing() -> None:
+    """Running again after a non-zero exit, not ready yet: the kubelet shows no waiting reason."""
+    pod = pod_state(crashing_pod(state={"running": {"startedAt": "T"}},
+                                 lastState={"terminated": {"exitCode": 137, "reason": "OOMKilled"}}))
+    assert (pod.waiting_reason, pod.restarts) == ("OOMKilled", 5)
+    st = status(deployments={"main": dep(0)}, pods=(pod,))
+    assert cond(st, "Degraded") == ("True", "OOMKilled")
+
+
+def test_recovered_and_healthy_pods_are_not_failures() -> None:
+    healthy = crashing_pod(ready=True, state={"running": {"startedAt": "T"}})
+    assert pod_state(healthy).waiting_reason is None  # restarted once, ready now
+    fresh = crashing_pod(restartCount=0, state={"waiting": {"reason": "ContainerCreating"}}, lastState={})
+    assert pod_state(fresh).waiting_reason is None
+
+
+@pytest.mark.parametrize(("statuses", "reason"), [
+    ({"initContainerStatuses": [{"name": "fetch", "restartCount": 2, "state": {"waiting": {
+        "reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"exitCode": 2, "message": "403 from S3"}}}]},
+     "InitCrashLoopBackOff"),
+    ({"containerStatuses": [{"name": "triton", "state": {"waiting": {"reason": "ImagePullBackOff",
+                                                                      "message": "not found"}}}]},
+     "ImagePullBackOff"),
+    ({"phase": "Failed", "reason": "Evicted", "message": "low on memory"}, "Evicted"),
+])
+def test_init_image_pull_and_eviction_failures_are_named(statuses: dict[str, Any], reason: str) -> None:
+    body = {"metadata": {"name": "m-main-x", "labels": {"deepserve.io/version": "main"}},
+            "status": {"phase": "Pending", **statuses}}
+    st = status(deployments={"main": dep(0)}, pods=(pod_state(body),))
+    assert cond(st, "Degraded") == ("True", reason)
+
+
+def test_refused_child_is_degraded_not_progressing_and_not_ready() -> None:
+    st = status(child_rejected="Deployment m-main: spec.template.spec.tolerations[0].key: Invalid value")
+    assert cond(st, "Degraded") == ("True", "ChildRejected")
+    assert cond(st, "Progressing") == ("False", "ChildRejected")
+    assert cond(st, "Ready") == ("False", "ChildRejected")
+    assert "Deployment m-main" in next(c["message"] for c in st["conditions"] if c["type"] == "Degraded")
 
 
 def test_scaled_to_zero_is_ready() -> None:
