@@ -513,15 +513,22 @@ class _FileLock:
 class UsageShipper:
     """Background thread that POSTs pending spool events to the operator and acks on 2xx.
 
-    Answers: 2xx -> ack every id of the batch (accepted and duplicates are both stored);
-    400 naming an ``event_id`` -> that event is quarantined in the spool and the rest is
-    retried at once; anything else (401, 5xx, network) -> exponential backoff with jitter.
+    Answers: 2xx -> ack every id of the batch (accepted, duplicates and quarantined are
+    all kept by the operator); 400 naming an ``event_id`` -> that event is quarantined in
+    the spool and the rest is retried at once; anything else (401, 403, 5xx, network) ->
+    exponential backoff with jitter, the events staying in the spool.
+
+    The bearer token (the model's write credential) is ``token``, or read from
+    ``token_file`` before every request (so a rotated Secret is picked up; it is never
+    taken from argv or the environment here).
     """
 
-    def __init__(self, spool: UsageSpool, endpoint: str, token: str, *, batch_size: int = 500,
+    def __init__(self, spool: UsageSpool, endpoint: str, token: str = "", *,
+                 token_file: str | os.PathLike[str] | None = None, batch_size: int = 500,
                  interval_s: float = 1.0, timeout_s: float = 10.0, max_backoff_s: float = 30.0,
                  ) -> None:
         self.spool, self.endpoint, self.token = spool, endpoint, token
+        self.token_file = None if token_file is None else Path(token_file)
         self.batch_size, self.interval_s = batch_size, interval_s
         self.timeout_s, self.max_backoff_s = timeout_s, max_backoff_s
         self._stop = threading.Event()
@@ -533,9 +540,12 @@ class UsageShipper:
         batch = self.spool.pending(limit=self.batch_size)
         if not batch:
             return 0
+        token = self.token
+        if self.token_file is not None:
+            token = self.token_file.read_text(encoding="utf-8").strip()  # OSError: retried
         request = urllib.request.Request(
             self.endpoint, data=encode_batch(batch), method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:

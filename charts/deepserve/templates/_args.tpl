@@ -26,6 +26,7 @@
 - --host=0.0.0.0
 - --port={{ .Values.billing.port }}
 - --token-file={{ include "deepserve.tokenDir" . }}/token
+- --ingest-key-file={{ include "deepserve.tokenDir" . }}/ingest-key
 - --ledger={{ include "deepserve.ledgerPath" . }}
 {{- end }}
 

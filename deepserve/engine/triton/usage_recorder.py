@@ -31,7 +31,9 @@ class UsageRecorder:
     def from_options(cls, options: EngineOptions, model: str, version: str) -> UsageRecorder:
         """Open the spool in ``options.usage_spool_dir`` and start a shipper if configured.
 
-        The shipper's bearer token comes from ``DEEPSERVE_USAGE_TOKEN``.
+        The shipper's bearer token (the model's write credential) is read from the file
+        ``DEEPSERVE_USAGE_TOKEN_FILE`` names (the legacy ``DEEPSERVE_USAGE_TOKEN`` value
+        is used only when no file is named).
         """
         spool = shipper = None
         if options.usage_spool_dir:
@@ -40,7 +42,9 @@ class UsageRecorder:
             spool = UsageSpool(options.usage_spool_dir)
             if options.usage_endpoint:
                 shipper = UsageShipper(spool, options.usage_endpoint,
-                                       os.environ.get("DEEPSERVE_USAGE_TOKEN", ""))
+                                       os.environ.get("DEEPSERVE_USAGE_TOKEN", ""),
+                                       token_file=os.environ.get("DEEPSERVE_USAGE_TOKEN_FILE")
+                                       or None)
                 shipper.start()
         return cls(spool, shipper, model, version, options.namespace or "default",
                    options.billing_account or "default")

@@ -1,4 +1,5 @@
-"""``deepserve billing``: export, ingest, report, reconcile, prices, serve.
+"""``deepserve billing``: export, ingest, report, spend, reconcile, prices, owners,
+quarantine, release, usage-token, serve.
 
 The ledger is ``--ledger PATH`` or ``$DEEPSERVE_LEDGER``
 (default ``~/.local/share/deepserve/ledger.db``).
@@ -31,7 +32,15 @@ from deepserve.operator.metering import (
     reconcile,
     start_billing_server,
 )
+from deepserve.operator.metering.credentials import (
+    CredentialError,
+    hmac_write_auth,
+    mint_write_token,
+    read_secret_file,
+)
 from deepserve.operator.metering.focus import focus_metadata_json, focus_rows
+from deepserve.operator.metering.spend import tenant_spend
+from deepserve.operator.metering.trust import IngestPolicy
 
 DEFAULT_LEDGER = "~/.local/share/deepserve/ledger.db"
 
@@ -57,11 +66,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     start, end = _window(args)
     with _open(args) as ledger:
         if args.output:
-            n = export_to_file(ledger, args.format, start, end, args.output, args.account)
+            n = export_to_file(ledger, args.format, start, end, args.output, args.account,
+                               args.tenant)
             extra = f" (+ {args.output}.metadata.json)" if args.format == "focus" else ""
             print(f"wrote {n} records to {args.output}{extra}", file=sys.stderr)
         else:
-            n = export(ledger, args.format, start, end, sys.stdout, args.account)
+            n = export(ledger, args.format, start, end, sys.stdout, args.account, args.tenant)
             if args.format == "focus" and args.metadata:
                 Path(args.metadata).write_text(focus_metadata_json())
     return 0
@@ -95,7 +105,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     start, end = _window(args)
     totals: dict[tuple[str, str, str], dict[str, Decimal]] = {}
     with _open(args) as ledger:
-        for row in focus_rows(ledger, start, end, args.account):
+        for row in focus_rows(ledger, start, end, args.account, tenant=args.tenant):
             key = (str(row["BillingAccountId"]), str(row["ResourceId"]),
                    str(row["BillingCurrency"]))
             acc = totals.setdefault(key, {})
@@ -108,6 +118,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"{account:16} {resource:32} {acc.get('requests', 0):>9} "
               f"{acc.get('prompt_tokens', 0):>12} {acc.get('generated_tokens', 0):>12} "
               f"{acc.get('gpu_hours', Decimal(0)):>9.3f} {acc['cost']:>10.4f} {currency}")
+    return 0
+
+
+def cmd_spend(args: argparse.Namespace) -> int:
+    """Print a tenant's spend in one month as the spend endpoint's JSON."""
+    with _open(args) as ledger:
+        print(json.dumps(tenant_spend(ledger, args.tenant, args.month).to_dict(),
+                         sort_keys=True))
     return 0
 
 
@@ -133,16 +151,69 @@ def cmd_prices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_owners(args: argparse.Namespace) -> int:
+    """Replace the model registry from a YAML/JSON mapping ``namespace/model: account``."""
+    data = yaml.safe_load(Path(args.file).read_text()) or {}
+    if not isinstance(data, dict):
+        raise LedgerError("owners", "must be a mapping of namespace/model to account")
+    owners: dict[tuple[str, str], str] = {}
+    for key, account in data.items():
+        ns, sep, model = str(key).partition("/")
+        if not sep or not ns or not model or not isinstance(account, str) or not account:
+            raise LedgerError(f"owners.{key}", "needs namespace/model: account")
+        owners[(ns, model)] = account
+    with _open(args, create=True) as ledger:
+        ledger.set_owners(owners)
+    print(f"{len(owners)} models registered")
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """Print quarantined events (kept, not billed) as JSON lines."""
+    with _open(args) as ledger:
+        for item in ledger.quarantined(limit=args.limit):
+            print(json.dumps(item, sort_keys=True))
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """Bill quarantined events (all, or --id ones) and drop them from the quarantine."""
+    with _open(args) as ledger:
+        result = ledger.release_quarantined(args.id or None)
+    print(f"billed {len(result.accepted)}, duplicates {len(result.duplicates)}")
+    return 0
+
+
+def cmd_usage_token(args: argparse.Namespace) -> int:
+    """Write a model's write credential to --output (mode 0600); never printed."""
+    key = read_secret_file(args.ingest_key_file, "ingest-key-file").encode()
+    token = mint_write_token(key, args.namespace, args.model)
+    out = Path(args.output)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    print(f"wrote the write credential of {args.namespace}/{args.model} to {out}",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the billing HTTP endpoint until interrupted."""
-    token = Path(args.token_file).read_text().strip() if args.token_file else \
-        os.environ.get("DEEPSERVE_BILLING_TOKEN", "")
-    if not token:
-        raise LedgerError("token", "give --token-file or $DEEPSERVE_BILLING_TOKEN")
+    """Run the billing HTTP endpoint until interrupted (credentials from files only)."""
+    token = read_secret_file(args.token_file, "token-file")
+    write_auth = None
+    if args.ingest_key_file:
+        write_auth = hmac_write_auth(read_secret_file(args.ingest_key_file,
+                                                      "ingest-key-file").encode(),
+                                     allow_wildcard=args.dev_wildcard_ingest)
+    else:
+        print("warning: no --ingest-key-file: nothing can ingest usage", file=sys.stderr)
+    policy = IngestPolicy(max_future_s=args.max_future_seconds,
+                          max_age_s=args.max_event_age_days * 86_400.0 or None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with _open(args, create=True) as ledger:
-        server = start_billing_server(ledger, args.host, args.port, token)
+        server = start_billing_server(ledger, args.host, args.port, token,
+                                      write_auth=write_auth, policy=policy)
         print(f"billing endpoint on {server.url}", file=sys.stderr, flush=True)
         try:
             stop.wait()
@@ -157,7 +228,8 @@ def _handle(func: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
             return int(func(args))
-        except (LedgerError, PriceError, OSError, yaml.YAMLError) as err:
+        except (LedgerError, PriceError, CredentialError, OSError, yaml.YAMLError,
+                ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     return run
@@ -177,7 +249,8 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("export", help="export usage as FOCUS 1.2 CSV, CloudEvents or CSV")
     common(p)
-    p.add_argument("--account", help="only this billing account")
+    p.add_argument("--account", help="only this model owner's account (its models, its GPU-hours)")
+    p.add_argument("--tenant", help="only this caller's usage (what it is billed)")
     p.add_argument("--format", choices=FORMATS, default="focus")
     p.add_argument("--output", "-o", help="file to write atomically (default stdout)")
     p.add_argument("--metadata", help="with --format focus on stdout: write metadata JSON here")
@@ -190,8 +263,15 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("report", help="usage and cost per account and model")
     common(p)
-    p.add_argument("--account")
+    p.add_argument("--account", help="only this model owner's account")
+    p.add_argument("--tenant", help="only this caller's usage")
     p.set_defaults(func=_handle(cmd_report))
+
+    p = sub.add_parser("spend", help="a tenant's spend in one month (the gateway's cap)")
+    common(p, window=False)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--month", required=True, help="YYYY-MM (UTC)")
+    p.set_defaults(func=_handle(cmd_spend))
 
     p = sub.add_parser("reconcile", help="usage events vs Triton counters, with the gap")
     common(p)
@@ -204,9 +284,39 @@ def register(subparsers: Any) -> None:
     p.add_argument("--since", help="effective from (default now)")
     p.set_defaults(func=_handle(cmd_prices))
 
+    p = sub.add_parser("owners", help="register models and their owning accounts (YAML/JSON)")
+    common(p, window=False)
+    p.add_argument("file", help="mapping namespace/model: account")
+    p.set_defaults(func=_handle(cmd_owners))
+
+    p = sub.add_parser("quarantine", help="list quarantined usage events (not billed)")
+    common(p, window=False)
+    p.add_argument("--limit", type=int, default=1000)
+    p.set_defaults(func=_handle(cmd_quarantine))
+
+    p = sub.add_parser("release", help="bill quarantined usage events")
+    common(p, window=False)
+    p.add_argument("--id", action="append", help="only this event id (repeatable)")
+    p.set_defaults(func=_handle(cmd_release))
+
+    p = sub.add_parser("usage-token", help="mint a model's usage write credential into a file")
+    p.add_argument("--ingest-key-file", required=True)
+    p.add_argument("--namespace", required=True)
+    p.add_argument("--model", required=True, help="model name ('*': every model, dev only)")
+    p.add_argument("--output", "-o", required=True)
+    p.set_defaults(func=_handle(cmd_usage_token))
+
     p = sub.add_parser("serve", help="run the authenticated billing HTTP endpoint")
     common(p, window=False)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8090)
-    p.add_argument("--token-file")
+    p.add_argument("--token-file", required=True, help="the read credential (exports, spend)")
+    p.add_argument("--ingest-key-file",
+                   help="key of the per-model write credentials (credentials.py)")
+    p.add_argument("--dev-wildcard-ingest", action="store_true",
+                   help="dev stacks only: accept namespace-wide write credentials (model '*')")
+    p.add_argument("--max-future-seconds", type=float, default=300.0,
+                   help="quarantine events ending later than this after the server's clock")
+    p.add_argument("--max-event-age-days", type=float, default=400.0,
+                   help="quarantine events older than this (0: no bound)")
     p.set_defaults(func=_handle(cmd_serve))

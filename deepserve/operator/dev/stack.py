@@ -143,6 +143,7 @@ class Stack:
     namespace: str = SYSTEM_NAMESPACE
     service_account: str = "deepserve-operator"
     billing_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    ingest_key: str = field(default_factory=lambda: secrets.token_hex(32))
     billing_port: int = field(default_factory=_free_port)
     health_port: int = field(default_factory=_free_port)
     operator: ManagedProcess | None = None
@@ -171,9 +172,13 @@ class Stack:
         token_file = self.work_dir / "billing-token"
         token_file.write_text(self.billing_token)
         token_file.chmod(0o600)
+        key_file = self._secret_file("ingest-key", self.ingest_key)
+        # --dev-wildcard-ingest: the local runner plays every model's pods with one
+        # environment, so it holds a wildcard write credential (the chart never does).
         args = [sys.executable, "-m", "deepserve.operator.cli", "billing", "serve",
                 "--ledger", str(self.ledger), "--host", "127.0.0.1", "--port", str(self.billing_port),
-                "--token-file", str(token_file)]
+                "--token-file", str(token_file), "--ingest-key-file", str(key_file),
+                "--dev-wildcard-ingest"]
         self.billing = spawn("billing", args, self.work_dir / "logs")
         self.wait_http(f"{self.billing_url}/healthz", "the billing endpoint", 60)
         return self.billing
@@ -198,13 +203,25 @@ class Stack:
             return str(r.read().decode())
 
     def start_runner(self) -> ManagedProcess:
-        """Start the dev-only local runner; engines ship usage to the operator's endpoint."""
+        """Start the dev-only local runner; engines ship usage to the operator's endpoint
+        with a write credential read from a file (never on a command line)."""
+        from deepserve.operator.metering.credentials import mint_write_token
+
+        usage_token = self._secret_file(
+            "usage-token", mint_write_token(self.ingest_key.encode(), "*", "*"))
         args = [sys.executable, "-m", "deepserve.operator.cli", "dev", "runner",
                 "--kubeconfig", self.admin_kubeconfig,
                 "--env", f"DEEPSERVE_USAGE_ENDPOINT={self.billing_url}/v1/usage",
-                "--env", f"DEEPSERVE_USAGE_TOKEN={self.billing_token}"]
+                "--env", f"DEEPSERVE_USAGE_TOKEN_FILE={usage_token}"]
         self.runner = spawn("runner", args, self.work_dir / "logs")
         return self.runner
+
+    def _secret_file(self, name: str, value: str) -> Path:
+        path = self.work_dir / name
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(value)
+        return path
 
     def wait_http(self, url: str, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from heapq import heappop, heappush, heapreplace
 from operator import itemgetter
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -70,6 +70,39 @@ class StoredEvent(NamedTuple):
         return (self.ended_us - self.started_us) / 1_000_000 * 1000.0
 
 
+#: Upsert of one ``usage_hourly`` row: (hour_us, account, namespace, model, version,
+#: tenant, requests, ok, cancelled, errors, prompt_tokens, generated_tokens, compute_ms);
+#: ``tenant`` is ``''`` for events without one.
+USAGE_UPSERT = (
+    "INSERT INTO usage_hourly VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT DO UPDATE SET requests=requests+excluded.requests, ok=ok+excluded.ok, "
+    "cancelled=cancelled+excluded.cancelled, errors=errors+excluded.errors, "
+    "prompt_tokens=prompt_tokens+excluded.prompt_tokens, "
+    "generated_tokens=generated_tokens+excluded.generated_tokens, "
+    "compute_ms=compute_ms+excluded.compute_ms"
+)
+_STATUS_SLOT = {"ok": 1, "cancelled": 2, "error": 3}
+
+
+def hourly_rows(rows: Iterable[Row]) -> list[tuple[Any, ...]]:
+    """Aggregate rows into ``usage_hourly`` rows (see :data:`USAGE_UPSERT`), per UTC hour
+    of the end time, model owner's account, model version and tenant (the caller)."""
+    hourly: dict[tuple[int, str, str, str, str, str], list[Any]] = {}
+    slot = _STATUS_SLOT
+    for r in rows:  # indexes of Row: 1-4 ns/model/version/account, 5 tenant, 7-9 usage
+        end_us = r[13]
+        key = (end_us - end_us % HOUR_US, r[4], r[1], r[2], r[3], r[5] or "")
+        agg = hourly.get(key)
+        if agg is None:
+            agg = hourly[key] = [0, 0, 0, 0, 0, 0, 0.0]
+        agg[0] += 1
+        agg[slot[r[11]]] += 1
+        agg[4] += r[7]
+        agg[5] += r[8]
+        agg[6] += r[9]
+    return [(*k, *v) for k, v in hourly.items()]
+
+
 def chunk_rows(rows: Iterable[Row], ingested_us: int) -> list[tuple[int, int, int, int, int, bytes]]:
     """Group rows into ``event_chunks`` rows: (hour_us, first_end_us, last_end_us, count,
     ingested_us, events)."""
@@ -98,13 +131,16 @@ def decode_chunk(blob: bytes) -> list[Row]:
 
 
 def window_rows(rows: list[Row], first_end: int, last_end: int, start_us: int, end_us: int,
-                account: str | None) -> list[Row]:
-    """The rows of a chunk with ``start_us <= ended_us < end_us`` (and the account)."""
+                account: str | None, tenant: str | None = None) -> list[Row]:
+    """The rows of a chunk with ``start_us <= ended_us < end_us`` (and the model owner's
+    account, and the tenant, where given)."""
     if first_end < start_us or last_end >= end_us:
         rows = rows[bisect_left(rows, start_us, key=itemgetter(_END)):
                     bisect_left(rows, end_us, key=itemgetter(_END))]
     if account is not None:
         rows = [r for r in rows if r[4] == account]
+    if tenant is not None:
+        rows = [r for r in rows if r[5] == tenant]
     return rows
 
 

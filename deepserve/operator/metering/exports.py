@@ -3,8 +3,13 @@ plain per-event CSV. Every export is a pure function of the ledger's contents fo
 window, so exporting the same window twice gives byte-identical output.
 
 CloudEvents 1.0 (https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/spec.md):
-``id`` is the usage event id (uuid5 of the request), ``subject`` the billing account,
-``source`` ``deepserve/<namespace>/<model>``; OpenMeter deduplicates on (id, source).
+``id`` is the usage event id (uuid5 of the request), ``subject`` who is billed (the
+caller's tenant when the event has one, else the model owner's account; GPU intervals:
+the owner's), ``source`` ``deepserve/<namespace>/<model>``; OpenMeter deduplicates on
+(id, source).
+
+Every export takes ``account`` (one model owner: its models' usage and GPU time) and
+``tenant`` (one caller: only its own usage, no GPU time, which the owner pays).
 """
 
 from __future__ import annotations
@@ -33,24 +38,25 @@ def _iso_us(us: int) -> str:
 
 
 def write_cloudevents(ledger: UsageLedger, start: datetime, end: datetime, out: TextIO,
-                      account: str | None = None) -> int:
+                      account: str | None = None, tenant: str | None = None) -> int:
     """Write one CloudEvent JSON object per line (usage events, then GPU intervals)."""
     dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
     n = 0
-    for (eid, ns, model, ver, acct, tenant, rid, pt, gt, cms, prec, status, _s_us, e_us,
-         qms, tms) in ledger.iter_events(start, end, account):
+    for (eid, ns, model, ver, acct, caller, rid, pt, gt, cms, prec, status, _s_us, e_us,
+         qms, tms) in ledger.iter_events(start, end, account, tenant):
         out.write(dumps({
             "specversion": "1.0", "type": USAGE_EVENT_TYPE, "id": eid,
-            "source": f"deepserve/{ns}/{model}", "subject": acct, "time": _iso_us(e_us),
+            "source": f"deepserve/{ns}/{model}", "subject": caller or acct,
+            "time": _iso_us(e_us),
             "datacontenttype": "application/json",
             "data": {"model": model, "version": ver, "namespace": ns, "request_id": rid,
                      "prompt_tokens": pt, "generated_tokens": gt, "total_tokens": pt + gt,
                      "compute_ms": cms, "precision": prec, "status": status,
                      "queue_ms": qms, "ttft_ms": tms,
-                     "tenant": tenant, "tenant_trusted": False},
+                     "tenant": caller, "account": acct},
         }) + "\n")
         n += 1
-    for iv in ledger.gpu_intervals_in(start, end, account):
+    for iv in [] if tenant else ledger.gpu_intervals_in(start, end, account):
         out.write(dumps({
             "specversion": "1.0", "type": GPU_EVENT_TYPE, "id": iv["interval_id"],
             "source": f"deepserve/{iv['namespace']}/{iv['model']}", "subject": iv["account"],
@@ -72,13 +78,13 @@ def _csv_value(v: Any) -> str:
 
 
 def write_events_csv(ledger: UsageLedger, start: datetime, end: datetime, out: TextIO,
-                     account: str | None = None) -> int:
+                     account: str | None = None, tenant: str | None = None) -> int:
     """Write one CSV row per usage event (audit detail; nulls are empty fields)."""
     out.write(",".join(CSV_COLUMNS) + "\n")
     n = 0
-    for (eid, ns, model, ver, acct, tenant, rid, pt, gt, cms, prec, status, s_us, e_us,
-         qms, tms) in ledger.iter_events(start, end, account):
-        fields = (eid, _iso_us(e_us), _iso_us(s_us), acct, ns, model, ver, tenant, rid,
+    for (eid, ns, model, ver, acct, caller, rid, pt, gt, cms, prec, status, s_us, e_us,
+         qms, tms) in ledger.iter_events(start, end, account, tenant):
+        fields = (eid, _iso_us(e_us), _iso_us(s_us), acct, ns, model, ver, caller, rid,
                   status, prec, pt, gt, cms, qms, tms)
         out.write(",".join(_csv_value(f) for f in fields) + "\n")
         n += 1
@@ -86,7 +92,7 @@ def write_events_csv(ledger: UsageLedger, start: datetime, end: datetime, out: T
 
 
 def export(ledger: UsageLedger, fmt: str, start: datetime, end: datetime, out: TextIO,
-           account: str | None = None) -> int:
+           account: str | None = None, tenant: str | None = None) -> int:
     """Write the export ``fmt`` (one of FORMATS) to ``out``; return the record count.
 
     Raises ValueError (LedgerError) for an unknown format or an inverted window.
@@ -97,7 +103,7 @@ def export(ledger: UsageLedger, fmt: str, start: datetime, end: datetime, out: T
     if fmt not in writers:
         raise ValueError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
     check_window(start, end)
-    return writers[fmt](ledger, start, end, out, account)
+    return writers[fmt](ledger, start, end, out, account or None, tenant or None)
 
 
 def _atomic_write(path: Path, produce: Callable[[TextIO], Any]) -> Any:
@@ -115,14 +121,16 @@ def _atomic_write(path: Path, produce: Callable[[TextIO], Any]) -> Any:
 
 
 def export_to_file(ledger: UsageLedger, fmt: str, start: datetime, end: datetime,
-                   path: str | Path, account: str | None = None) -> int:
+                   path: str | Path, account: str | None = None,
+                   tenant: str | None = None) -> int:
     """Export atomically to ``path`` (temp file + rename: a failure leaves nothing).
 
     For ``focus`` the metadata file is written next to it as ``<path>.metadata.json``.
     """
     target = Path(path)
     check_window(start, end)
-    count = _atomic_write(target, lambda fh: export(ledger, fmt, start, end, fh, account))
+    count = _atomic_write(target, lambda fh: export(ledger, fmt, start, end, fh, account,
+                                                    tenant))
     if fmt == "focus":
         _atomic_write(target.with_name(target.name + ".metadata.json"),
                       lambda fh: fh.write(focus_metadata_json()))

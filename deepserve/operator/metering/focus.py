@@ -3,7 +3,10 @@
 Spec: https://focus.finops.org/focus-specification/v1-2/ (source repository
 github.com/FinOps-Open-Cost-and-Usage-Spec/FOCUS_Spec). One row per UTC hour, billing
 account, model version and charge (prompt tokens, generated tokens, requests, GPU-hours
-per pool). All 21 columns the spec marks Mandatory are present, plus the Conditional
+per pool). Billed to the caller: a request's token and request charges have
+``BillingAccountId`` = its tenant (the gateway-authenticated caller) when it has one, else
+the model owner's account; GPU-hours are always the model owner's. ``x_ModelAccount``
+names the model owner on every row. All 21 columns the spec marks Mandatory are present, plus the Conditional
 ones that apply to usage-based AI inference; deepserve dimensions are ``x_`` columns.
 Nulls are empty unquoted fields and no value is ever an empty string (the spec's null
 handling); dates are UTC ``YYYY-MM-DDTHH:MM:SSZ``.
@@ -34,7 +37,8 @@ CONDITIONAL_COLUMNS = (
     "ListUnitPrice", "PricingCategory", "ResourceId", "ResourceName", "ResourceType",
     "ServiceSubcategory", "SkuId", "SkuPriceId", "SubAccountId", "SubAccountName",
 )
-CUSTOM_COLUMNS = ("x_Namespace", "x_Model", "x_ModelVersion", "x_Pool", "x_UsageKind")
+CUSTOM_COLUMNS = ("x_Namespace", "x_Model", "x_ModelVersion", "x_Pool", "x_UsageKind",
+                  "x_ModelAccount")
 COLUMNS = MANDATORY_COLUMNS + CONDITIONAL_COLUMNS + CUSTOM_COLUMNS
 
 _DECIMAL_COLUMNS = {"BilledCost", "ContractedCost", "EffectiveCost", "ListCost",
@@ -43,8 +47,8 @@ _DATETIME_COLUMNS = {"BillingPeriodEnd", "BillingPeriodStart", "ChargePeriodEnd"
                      "ChargePeriodStart"}
 # The schema's creation date is part of the schema, not of the export: a constant keeps
 # repeated exports byte-identical. Change it (and SCHEMA_REVISION) when COLUMNS change.
-SCHEMA_REVISION = 1
-SCHEMA_CREATED = "2026-11-29T00:00:00Z"
+SCHEMA_REVISION = 2  # 2: x_ModelAccount (tenant billing)
+SCHEMA_CREATED = "2026-12-04T00:00:00Z"
 _SCALE = Decimal("0.0000000001")
 _MILLION = Decimal(1_000_000)
 
@@ -90,23 +94,27 @@ class PriceLookup:
 
 
 def focus_rows(ledger: UsageLedger, start: datetime, end: datetime,
-               account: str | None = None, *, provider: str = "deepserve"
-               ) -> list[dict[str, str | None]]:
-    """Build FOCUS rows for the window (deterministic order and values)."""
+               account: str | None = None, *, tenant: str | None = None,
+               provider: str = "deepserve") -> list[dict[str, str | None]]:
+    """Build FOCUS rows for the window (deterministic order and values).
+
+    ``account`` keeps the rows of one model owner (its models' usage, whoever called, and
+    its GPU-hours); ``tenant`` keeps only that caller's usage (no GPU-hours: the owner's).
+    """
     prices = PriceLookup(ledger.price_history())
     names = ledger.accounts()
     out: list[tuple[tuple[Any, ...], dict[str, str | None]]] = []
 
-    def add(row: UsageRow | GpuRow, kind: str, qty: Decimal, unit: str, pricing_qty: Decimal,
-            pricing_unit: str, unit_price: Decimal, currency: str, pool: str | None,
-            sku_price: str) -> None:
+    def add(row: UsageRow | GpuRow, payer: str, kind: str, qty: Decimal, unit: str,
+            pricing_qty: Decimal, pricing_unit: str, unit_price: Decimal, currency: str,
+            pool: str | None, sku_price: str) -> None:
         cost = pricing_qty * unit_price
         period = _billing_period(row.start)
         resource = f"{row.namespace}/{row.model}/{row.version}"
         label = kind.replace("_", " ")
         values: dict[str, str | None] = {
-            "BilledCost": _fmt_dec(cost), "BillingAccountId": row.account,
-            "BillingAccountName": names.get(row.account) or row.account,
+            "BilledCost": _fmt_dec(cost), "BillingAccountId": payer,
+            "BillingAccountName": names.get(payer) or payer,
             "BillingCurrency": currency, "BillingPeriodEnd": _fmt_time(period[1]),
             "BillingPeriodStart": _fmt_time(period[0]), "ChargeCategory": "Usage",
             "ChargeClass": None,
@@ -126,30 +134,32 @@ def focus_rows(ledger: UsageLedger, start: datetime, end: datetime,
             "SkuId": f"deepserve-{kind.replace('_', '-')}", "SkuPriceId": sku_price,
             "SubAccountId": row.namespace, "SubAccountName": row.namespace,
             "x_Namespace": row.namespace, "x_Model": row.model, "x_ModelVersion": row.version,
-            "x_Pool": pool, "x_UsageKind": kind,
+            "x_Pool": pool, "x_UsageKind": kind, "x_ModelAccount": row.account,
         }
-        key = (row.start, row.account, row.namespace, row.model, row.version, kind, pool or "")
+        key = (row.start, payer, row.namespace, row.model, row.version, kind, pool or "",
+               row.account)
         out.append((key, values))
 
-    for r in ledger.usage_rows(start, end, account):
+    for r in ledger.usage_rows(start, end, account, tenant):
         sheet = prices.at(r.start)
-        p = sheet.resolve(r.account, r.namespace, r.model)
-        ref = f"{sheet.currency}/{r.account}/{r.namespace}/{r.model}"
+        payer = r.payer
+        p = sheet.resolve(payer, r.namespace, r.model)
+        ref = f"{sheet.currency}/{payer}/{r.namespace}/{r.model}"
         if r.prompt_tokens:
             n = Decimal(r.prompt_tokens)
-            add(r, "prompt_tokens", n, "Tokens", n / _MILLION, "1000000 Tokens",
+            add(r, payer, "prompt_tokens", n, "Tokens", n / _MILLION, "1000000 Tokens",
                 p.prompt_per_million, p.currency, None, f"{ref}/prompt")
         if r.generated_tokens:
             n = Decimal(r.generated_tokens)
-            add(r, "generated_tokens", n, "Tokens", n / _MILLION, "1000000 Tokens",
+            add(r, payer, "generated_tokens", n, "Tokens", n / _MILLION, "1000000 Tokens",
                 p.generated_per_million, p.currency, None, f"{ref}/generated")
         n = Decimal(r.requests)
-        add(r, "requests", n, "Requests", n, "Requests", p.per_request, p.currency, None,
+        add(r, payer, "requests", n, "Requests", n, "Requests", p.per_request, p.currency, None,
             f"{ref}/request")
-    for g in ledger.gpu_rows(start, end, account):
+    for g in [] if tenant else ledger.gpu_rows(start, end, account):
         sheet = prices.at(g.start)
         hours = (Decimal(repr(g.gpu_seconds)) / 3600).quantize(_SCALE)
-        add(g, "gpu_hours", hours, "GPU-Hours", hours, "GPU-Hours",
+        add(g, g.account, "gpu_hours", hours, "GPU-Hours", hours, "GPU-Hours",
             sheet.gpu_hour_price(g.pool), sheet.currency, g.pool,
             f"{sheet.currency}/pool/{g.pool}/gpu-hour")
     out.sort(key=lambda kv: kv[0])
@@ -157,9 +167,10 @@ def focus_rows(ledger: UsageLedger, start: datetime, end: datetime,
 
 
 def write_focus_csv(ledger: UsageLedger, start: datetime, end: datetime, out: TextIO,
-                    account: str | None = None, *, provider: str = "deepserve") -> int:
+                    account: str | None = None, tenant: str | None = None, *,
+                    provider: str = "deepserve") -> int:
     """Write the FOCUS CSV (header + rows, ``\\n`` line ends) to ``out``; return row count."""
-    rows = focus_rows(ledger, start, end, account, provider=provider)
+    rows = focus_rows(ledger, start, end, account, tenant=tenant, provider=provider)
     out.write(",".join(COLUMNS) + "\n")
     write: Callable[[str], Any] = out.write
     for row in rows:

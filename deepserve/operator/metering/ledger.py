@@ -31,15 +31,19 @@ from deepserve.operator.metering.base import (
     to_us,
 )
 from deepserve.operator.metering.event_store import (
+    USAGE_UPSERT,
     StoredEvent,
     chunk_rows,
     decode_chunk,
+    hourly_rows,
     merge_chunks,
     window_rows,
 )
 from deepserve.operator.metering.ledger_resources import GpuRow, ResourceAccounting
 from deepserve.operator.metering.pricing import PriceSheet
+from deepserve.operator.metering.quarantine import QuarantineStore
 from deepserve.operator.metering.schema import migrate
+from deepserve.operator.metering.trust import IngestTrust
 from deepserve.operator.metering.wire import Row, decode_batch, id_bytes, stored_real
 
 log = logging.getLogger(__name__)
@@ -50,15 +54,18 @@ __all__ = ["EPOCH", "HOUR_US", "GpuRow", "IngestResult", "LedgerError", "UsageLe
 
 @dataclasses.dataclass(frozen=True)
 class IngestResult:
-    """Which event ids of a batch were newly stored and which were already present."""
+    """Which event ids of a batch were newly stored, which were already present, and
+    which were quarantined (kept, not billed: trust.py)."""
 
     accepted: list[str]
     duplicates: list[str]
+    quarantined: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
 class UsageRow:
-    """Usage of one account/model/version within [start, end) (at most one UTC hour)."""
+    """Usage of one account/model/version and tenant within [start, end) (at most one
+    UTC hour). ``account`` is the model owner's; ``tenant`` the caller (None: none set)."""
 
     start: datetime
     end: datetime
@@ -73,22 +80,19 @@ class UsageRow:
     prompt_tokens: int
     generated_tokens: int
     compute_ms: float
+    tenant: str | None = None
+
+    @property
+    def payer(self) -> str:
+        """Who is billed for these requests and tokens: the tenant, else the account."""
+        return self.tenant or self.account
 
 
-_USAGE_UPSERT = (
-    "INSERT INTO usage_hourly VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
-    "ON CONFLICT DO UPDATE SET requests=requests+excluded.requests, ok=ok+excluded.ok, "
-    "cancelled=cancelled+excluded.cancelled, errors=errors+excluded.errors, "
-    "prompt_tokens=prompt_tokens+excluded.prompt_tokens, "
-    "generated_tokens=generated_tokens+excluded.generated_tokens, "
-    "compute_ms=compute_ms+excluded.compute_ms"
-)
 _CHUNK_INSERT = ("INSERT INTO event_chunks (hour_us, first_end_us, last_end_us, count, "
                  "ingested_us, events) VALUES (?,?,?,?,?,?)")
 _CHUNKS_IN_WINDOW = (
     "SELECT first_end_us, last_end_us, events FROM event_chunks WHERE hour_us >= ? AND "
     "hour_us < ? AND last_end_us >= ? AND first_end_us < ? ORDER BY hour_us, first_end_us")
-_STATUS_SLOT = {"ok": 1, "cancelled": 2, "error": 3}
 
 
 def _dedupe(rows: list[Row], keys: list[bytes], existing: set[bytes]
@@ -121,24 +125,7 @@ def _event_row(e: UsageEvent, index: int) -> Row:
             to_us(e.started_at), to_us(e.ended_at), qms, tms)
 
 
-def _hourly_rows(rows: Sequence[Row]) -> list[tuple[Any, ...]]:
-    hourly: dict[tuple[int, str, str, str, str], list[Any]] = {}
-    slot = _STATUS_SLOT
-    for r in rows:  # indexes of Row: 1-4 ns/model/version/account, 7-9 tokens and compute
-        end_us = r[13]
-        key = (end_us - end_us % HOUR_US, r[4], r[1], r[2], r[3])
-        agg = hourly.get(key)
-        if agg is None:
-            agg = hourly[key] = [0, 0, 0, 0, 0, 0, 0.0]
-        agg[0] += 1
-        agg[slot[r[11]]] += 1
-        agg[4] += r[7]
-        agg[5] += r[8]
-        agg[6] += r[9]
-    return [(*k, *v) for k, v in hourly.items()]
-
-
-class UsageLedger(ResourceAccounting):
+class UsageLedger(ResourceAccounting, QuarantineStore):
     """The durable ledger. Thread-safe; one writer process per database file.
 
     ``synchronous`` is SQLite's ``PRAGMA synchronous``: ``FULL`` (default) makes each
@@ -208,7 +195,7 @@ class UsageLedger(ResourceAccounting):
         return dict(self._read("SELECT account, name FROM accounts ORDER BY account"))
 
     # -- events -------------------------------------------------------------------
-    def ingest_json(self, body: bytes) -> IngestResult:
+    def ingest_json(self, body: bytes, trust: IngestTrust | None = None) -> IngestResult:
         """Store a JSON wire batch ``{"events": [...]}`` (the ingest endpoint's body).
 
         Valid batches take the fast decoder (``wire.decode_batch``); anything else is
@@ -221,11 +208,12 @@ class UsageLedger(ResourceAccounting):
             events = raw["events"] if isinstance(raw, dict) else None
             if not isinstance(events, list):
                 raise LedgerError("events", 'body must be {"events": [...]}')
-            return self.ingest_dicts(events)
+            return self.ingest_dicts(events, trust)
         rows, keys = decoded
-        return self._ingest_rows(rows, keys, None, now=None)
+        return self._ingest_rows(rows, keys, None, now=None, trust=trust)
 
-    def ingest_dicts(self, raw: Sequence[Any]) -> IngestResult:
+    def ingest_dicts(self, raw: Sequence[Any], trust: IngestTrust | None = None
+                     ) -> IngestResult:
         """Validate wire-form events, then :meth:`ingest` them. Raises LedgerError naming
         the index and field of the first bad event; nothing of the batch is written."""
         events: list[UsageEvent] = []
@@ -237,27 +225,44 @@ class UsageLedger(ResourceAccounting):
                 raise LedgerError(err.field, err.message, index=i, event_id=event_id) from None
             except TypeError as err:
                 raise LedgerError("event", str(err), index=i) from None
-        return self.ingest(events)
+        return self.ingest(events, trust=trust)
 
-    def ingest(self, events: Sequence[UsageEvent], *, now: datetime | None = None) -> IngestResult:
+    def ingest(self, events: Sequence[UsageEvent], *, now: datetime | None = None,
+               trust: IngestTrust | None = None) -> IngestResult:
         """Store new events and their hourly aggregates in one transaction.
 
         Duplicate ids (already stored, or repeated in the batch) are skipped and reported.
         Raises LedgerError (nothing written) for an unknown account when accounts are set.
+        With ``trust`` (the ingest endpoint's), events of another model than the writer's
+        raise CredentialRefused and events it cannot bill are quarantined (trust.py).
         """
         rows = [_event_row(e, i) for i, e in enumerate(events)]
-        return self._ingest_rows(rows, [id_bytes(r[0]) for r in rows], events, now=now)
+        return self._ingest_rows(rows, [id_bytes(r[0]) for r in rows], events, now=now,
+                                 trust=trust)
 
     def _ingest_rows(self, rows: list[Row], keys: list[bytes],
-                     events: Sequence[UsageEvent] | None, *, now: datetime | None
-                     ) -> IngestResult:
+                     events: Sequence[UsageEvent] | None, *, now: datetime | None,
+                     trust: IngestTrust | None = None) -> IngestResult:
+        ingested_us = to_us(now or datetime.now(UTC))
+        held: list[tuple[Row, bytes, str]] = []
+        if trust is not None:
+            trust.check_scope(rows)
+            reasons = trust.reasons(rows, self.owners_of({(r[1], r[2]) for r in rows}),
+                                    ingested_us)
+            if any(reasons):
+                held = [(r, k, why) for r, k, why in zip(rows, keys, reasons, strict=True)
+                        if why]
+                keep = [why is None for why in reasons]
+                rows = [r for r, ok in zip(rows, keep, strict=True) if ok]
+                keys = [k for k, ok in zip(keys, keep, strict=True) if ok]
+                if events is not None:
+                    events = [e for e, ok in zip(events, keep, strict=True) if ok]
         known = self.accounts()
         if known:
             for i, row in enumerate(rows):
                 if row[4] not in known:
                     raise LedgerError("account", f"unknown billing account {row[4]!r}",
                                       index=i, event_id=row[0])
-        ingested_us = to_us(now or datetime.now(UTC))
 
         def work(conn: sqlite3.Connection) -> tuple[IngestResult, list[Row]]:
             # Fast path: duplicates are rare (retries), so insert the ids first and only
@@ -280,8 +285,9 @@ class UsageLedger(ResourceAccounting):
                 duplicates += more
                 conn.executemany("INSERT INTO event_ids VALUES (?)", [(k,) for k in fresh_keys])
             conn.executemany(_CHUNK_INSERT, chunk_rows(fresh, ingested_us))
-            conn.executemany(_USAGE_UPSERT, _hourly_rows(fresh))
-            return IngestResult([r[0] for r in fresh], duplicates), fresh
+            conn.executemany(USAGE_UPSERT, hourly_rows(fresh))
+            held_ids, held_dups = self._hold(conn, held, ingested_us) if held else ([], [])
+            return IngestResult([r[0] for r in fresh], duplicates + held_dups, held_ids), fresh
 
         result, fresh = self._write(work)
         if self._listeners and fresh:
@@ -318,21 +324,25 @@ class UsageLedger(ResourceAccounting):
         finally:
             reader.close()
 
-    def iter_events(self, start: datetime, end: datetime, account: str | None = None
-                    ) -> Iterator[Row]:
-        """Yield stored event rows with ``start <= ended_at < end`` ordered by
+    def iter_events(self, start: datetime, end: datetime, account: str | None = None,
+                    tenant: str | None = None) -> Iterator[Row]:
+        """Yield stored event rows with ``start <= ended_at < end`` (of the model owner
+        ``account`` and the caller ``tenant`` where given) ordered by
         (ended_at, event_id): (event_id, namespace, model, version, account, tenant,
         request_id, prompt_tokens, generated_tokens, compute_ms, precision, status,
         started_us, ended_us, queue_ms, ttft_ms)."""
         check_window(start, end)
         s_us, e_us = to_us(start), to_us(end)
         yield from merge_chunks(
-            (first, window_rows(decode_chunk(blob), first, last, s_us, e_us, account or None))
+            (first, window_rows(decode_chunk(blob), first, last, s_us, e_us, account or None,
+                                tenant or None))
             for first, last, blob in self._chunks_in(s_us, e_us))
 
-    def usage_rows(self, start: datetime, end: datetime,
-                   account: str | None = None) -> list[UsageRow]:
-        """Hourly usage in the window, ordered; partial hours at the edges are clipped.
+    def usage_rows(self, start: datetime, end: datetime, account: str | None = None,
+                   tenant: str | None = None) -> list[UsageRow]:
+        """Hourly usage in the window per account, model version and tenant, ordered;
+        partial hours at the edges are clipped. ``account`` keeps one model owner's rows,
+        ``tenant`` one caller's.
 
         Hour-aligned windows read the maintained ``usage_hourly`` aggregates; others
         aggregate the events themselves (same result for the hours they share).
@@ -340,20 +350,24 @@ class UsageLedger(ResourceAccounting):
         check_window(start, end)
         s_us, e_us = to_us(start), to_us(end)
         if s_us % HOUR_US == 0 and e_us % HOUR_US == 0:
-            acct = " AND account = ?" if account else ""
-            cols = "account, namespace, model, version"
+            where, params = "", list[Any]([s_us, e_us])
+            if account:
+                where, params = " AND account = ?", [*params, account]
+            if tenant:
+                where, params = f"{where} AND tenant = ?", [*params, tenant]
             rows = self._read(
-                f"SELECT hour_us, {cols}, requests, ok, cancelled, errors, prompt_tokens, "
-                f"generated_tokens, compute_ms FROM usage_hourly WHERE hour_us >= ? AND "
-                f"hour_us < ?{acct} ORDER BY hour_us, {cols}",
-                [s_us, e_us] + ([account] if account else []))
+                "SELECT hour_us, account, namespace, model, version, tenant, requests, ok, "
+                "cancelled, errors, prompt_tokens, generated_tokens, compute_ms FROM "
+                f"usage_hourly WHERE hour_us >= ? AND hour_us < ?{where} ORDER BY hour_us, "
+                "account, namespace, model, version, tenant", params)
         else:
-            rows = sorted(_hourly_rows([
+            rows = sorted(hourly_rows(
                 row for first, last, blob in self._chunks_in(s_us, e_us)
                 for row in window_rows(decode_chunk(blob), first, last, s_us, e_us,
-                                       account or None)]))
-        return [UsageRow(max(start, from_us(r[0])), min(end, from_us(r[0] + HOUR_US)), *r[1:])
-                for r in rows]
+                                       account or None, tenant or None)))
+        return [UsageRow(max(start, from_us(r[0])), min(end, from_us(r[0] + HOUR_US)),
+                         r[1], r[2], r[3], r[4], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
+                         r[5] or None) for r in rows]
 
     # -- prices -------------------------------------------------------------------
     def set_prices(self, sheet: PriceSheet, effective_from: datetime) -> None:

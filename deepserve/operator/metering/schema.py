@@ -14,7 +14,12 @@ import sqlite3
 from collections.abc import Callable
 
 from deepserve.operator.metering.base import HOUR_US
-from deepserve.operator.metering.event_store import chunk_rows
+from deepserve.operator.metering.event_store import (
+    USAGE_UPSERT,
+    chunk_rows,
+    decode_chunk,
+    hourly_rows,
+)
 from deepserve.operator.metering.wire import Row, id_bytes
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,26 @@ def _to_event_store(conn: sqlite3.Connection) -> None:
         moved += len(group)
     conn.execute("DROP TABLE events")
     log.info("usage ledger: moved %d events into the chunked event store", moved)
+
+
+def _usage_by_tenant(conn: sqlite3.Connection) -> None:
+    """3: hourly usage also per tenant (the caller, billed for its requests), rebuilt
+    from the stored events, which always carried the tenant."""
+    conn.execute("DROP TABLE usage_hourly")
+    conn.execute("""
+        CREATE TABLE usage_hourly (
+            hour_us INTEGER NOT NULL, account TEXT NOT NULL, namespace TEXT NOT NULL,
+            model TEXT NOT NULL, version TEXT NOT NULL, tenant TEXT NOT NULL,
+            requests INTEGER NOT NULL, ok INTEGER NOT NULL, cancelled INTEGER NOT NULL,
+            errors INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
+            generated_tokens INTEGER NOT NULL, compute_ms REAL NOT NULL,
+            PRIMARY KEY (hour_us, account, namespace, model, version, tenant)
+        ) WITHOUT ROWID""")
+    conn.execute("CREATE INDEX usage_hourly_by_tenant ON usage_hourly (tenant, hour_us)")
+    cursor = conn.execute("SELECT events FROM event_chunks ORDER BY chunk")
+    while blobs := cursor.fetchmany(256):
+        conn.executemany(USAGE_UPSERT, hourly_rows(
+            row for (blob,) in blobs for row in decode_chunk(blob)))
 
 
 MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
@@ -134,6 +159,19 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """,
     # 2: events in chunks plus a 16-byte id index (event_store.py)
     _to_event_store,
+    # 3: usage_hourly per tenant too
+    _usage_by_tenant,
+    # 4: the model registry and quarantined events (trust.py, quarantine.py)
+    """
+    CREATE TABLE owners (
+        namespace TEXT NOT NULL, model TEXT NOT NULL, account TEXT NOT NULL,
+        PRIMARY KEY (namespace, model)
+    ) WITHOUT ROWID;
+    CREATE TABLE quarantine (
+        event_id BLOB PRIMARY KEY, received_us INTEGER NOT NULL, reason TEXT NOT NULL,
+        event BLOB NOT NULL
+    ) WITHOUT ROWID
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

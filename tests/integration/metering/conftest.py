@@ -17,10 +17,14 @@ from urllib.request import Request, urlopen
 
 import pytest
 
-from deepserve.engine.usage import UsageEvent
+from deepserve.engine.usage import UsageEvent, encode_batch
+from deepserve.operator.metering.credentials import mint_write_token
 
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
-TOKEN = "s3cret-token"
+INGEST_KEY = b"test-ingest-key-0123456789abcdef"
+READ_TOKEN = "s3cret-read-token"
+#: The write credential of prod/chat, the model build_event's events belong to.
+TOKEN = WRITE_TOKEN = mint_write_token(INGEST_KEY, "prod", "chat")
 DEEPSERVE = str(Path(sys.executable).with_name("deepserve"))
 
 
@@ -36,15 +40,20 @@ def build_event(i: int, **overrides: Any) -> UsageEvent:
 class ServerProcess:
     """``deepserve billing serve`` on a free loopback port, in a child process."""
 
-    def __init__(self, ledger: Path, token_file: Path) -> None:
+    def __init__(self, ledger: Path, token_file: Path, *extra: str) -> None:
         self.ledger, self.token_file = ledger, token_file
+        self.key_file = token_file.with_name("ingest-key")
+        self.key_file.write_bytes(INGEST_KEY)
+        # The events of these tests are dated 2026-11: no age bound, so they stay valid.
+        self.extra = extra or ("--max-event-age-days", "0")
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
     def start(self, port: int = 0) -> ServerProcess:
         self.proc = subprocess.Popen(
             [DEEPSERVE, "billing", "serve", "--ledger", str(self.ledger), "--host", "127.0.0.1",
-             "--port", str(port), "--token-file", str(self.token_file)],
+             "--port", str(port), "--token-file", str(self.token_file),
+             "--ingest-key-file", str(self.key_file), *self.extra],
             stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         deadline = time.monotonic() + 30
@@ -56,6 +65,12 @@ class ServerProcess:
             if not line and self.proc.poll() is not None:
                 break
         raise RuntimeError(f"billing server did not start (rc={self.proc.poll()})")
+
+    def ingest(self, events: list[UsageEvent], token: str = WRITE_TOKEN) -> tuple[int, Any]:
+        """POST one batch; returns (status, decoded JSON answer)."""
+        status, body = http(f"{self.url}/v1/usage/events", raw=encode_batch(events),
+                            token=token)
+        return status, json.loads(body)
 
     @property
     def port(self) -> int:
@@ -80,7 +95,7 @@ class ServerProcess:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
+    token_file.write_text(READ_TOKEN + "\n")
     srv = ServerProcess(tmp_path / "ledger.db", token_file).start()
     try:
         yield srv
@@ -88,9 +103,13 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         srv.stop()
 
 
-def http(url: str, *, body: Any = None, token: str | None = TOKEN) -> tuple[int, bytes]:
-    """One request; returns (status, body) for any status."""
-    data = None if body is None else json.dumps(body).encode()
+def http(url: str, *, body: Any = None, raw: bytes | None = None, token: str | None = "default"
+         ) -> tuple[int, bytes]:
+    """One request (POST when there is a body); returns (status, body) for any status.
+    The default token is the write credential for a POST, the read one for a GET."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    if token == "default":
+        token = READ_TOKEN if data is None else WRITE_TOKEN
     req = Request(url, data=data, method="POST" if data is not None else "GET",
                   headers={"Content-Type": "application/json",
                            **({"Authorization": f"Bearer {token}"} if token else {})})

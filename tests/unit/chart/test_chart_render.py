@@ -117,6 +117,8 @@ def test_billing_token_secret_is_generated_or_taken_from_an_existing_one(render)
     secret = out.one("Secret")
     token = base64.b64decode(secret["data"]["token"]).decode()
     assert len(token) == 48 and token.isalnum()
+    ingest_key = base64.b64decode(secret["data"]["ingestKey"]).decode()  # write credentials
+    assert len(ingest_key) == 64 and ingest_key != token
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert render().one("Secret")["data"]["token"] != secret["data"]["token"]  # random per install
 
@@ -125,7 +127,8 @@ def test_billing_token_secret_is_generated_or_taken_from_an_existing_one(render)
     vol = next(v for v in out.one("Deployment")["spec"]["template"]["spec"]["volumes"]
                if v["name"] == "billing-token")
     assert vol["secret"]["secretName"] == "my-token"
-    assert vol["secret"]["items"] == [{"key": "bearer", "path": "token"}]
+    assert vol["secret"]["items"] == [{"key": "bearer", "path": "token"},
+                                      {"key": "ingestKey", "path": "ingest-key"}]
 
 
 def test_ledger_volume_and_same_node_affinity_for_rwo(render) -> None:

@@ -87,9 +87,10 @@ def test_repeated_exports_are_byte_identical(filled) -> None:
         assert _export(filled, fmt) == _export(filled, fmt)
 
 
-def test_account_filter(filled) -> None:
+def test_account_filter_keeps_one_model_owner_whoever_called(filled) -> None:
     rows = list(csv.DictReader(io.StringIO(_export(filled, "focus", "globex"))))
-    assert {r["BillingAccountId"] for r in rows} == {"globex"}
+    assert {r["x_ModelAccount"] for r in rows} == {"globex"}
+    assert {r["BillingAccountId"] for r in rows} == {"t,1"}  # its caller pays the tokens
     assert {r["x_UsageKind"] for r in rows} == {"prompt_tokens", "generated_tokens", "requests"}
 
 
@@ -101,7 +102,8 @@ def test_cloudevents_are_openmeter_shaped(filled, make_event) -> None:
     assert first["specversion"] == "1.0" and first["subject"] == "acme"
     assert first["id"] == make_event(0).event_id
     assert first["data"]["prompt_tokens"] == make_event(0).prompt_tokens
-    assert first["data"]["tenant_trusted"] is False
+    assert first["data"]["tenant"] is None and first["data"]["account"] == "acme"
+    assert usage[-1]["subject"] == "t,1" and usage[-1]["data"]["account"] == "globex"
     gpu = [e for e in lines if e["type"] == "io.deepserve.gpu.usage"]
     assert sum(e["data"]["gpu_seconds"] for e in gpu) == 2 * 3600
 

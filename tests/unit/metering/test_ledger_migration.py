@@ -1,8 +1,12 @@
 """A ledger written with schema 1 (one SQLite row per event) upgrades in place to the
-chunked event store and exports the same bytes as before; new ledgers agree too.
+chunked event store (2) and per-tenant hourly usage (3) and exports what a new ledger
+exports for the same events.
 
-``data/ledger_v1.sql`` and ``data/golden-*.txt`` were written by ``data/make_ledger_v1.py``
-with the schema-1 ledger (one row per event), before the chunked event store existed.
+``data/ledger_v1.sql`` and ``data/golden-csv-*.txt`` were written by
+``data/make_ledger_v1.py`` with the schema-1 ledger: the per-event CSV is still those
+bytes, so no event value changed on the way. ``golden-focus-*`` and
+``golden-cloudevents-*`` were rewritten when usage became billed to the caller (the
+tenant is the FOCUS BillingAccountId and the CloudEvents subject, column x_ModelAccount).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def test_schema_1_ledger_migrates_in_place_and_exports_identical_bytes(tmp_path:
     golden = _golden()
     assert len(golden) == 7
     with UsageLedger(path) as ledger:
-        assert ledger.schema_version == SCHEMA_VERSION == 2
+        assert ledger.schema_version == SCHEMA_VERSION == 4
         assert ledger.event_count() == len(fixture_events())
         assert exports(ledger) == golden
         again = ledger.ingest(fixture_events()[:50])  # still idempotent after the move

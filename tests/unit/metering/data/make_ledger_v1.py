@@ -3,7 +3,9 @@
 Run once with the schema-1 ledger (commit 3ad244f, before the schema-2 event store):
 ``.venv/bin/python tests/unit/metering/data/make_ledger_v1.py``. The files it wrote are
 what test_ledger_migration.py checks a migrated ledger against; running it again with a
-newer ledger would write a newer schema and is not what the files are.
+newer ledger would write a newer schema and is not what the files are. The FOCUS and
+CloudEvents goldens were later rewritten from a new ledger filled by :func:`fill` when
+usage became billed to the caller (see test_ledger_migration.py).
 """
 
 from __future__ import annotations
