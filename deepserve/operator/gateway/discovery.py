@@ -9,7 +9,8 @@ and hands the gateway a fresh list of :class:`ModelRoute`:
 - its versions from the spec, each weight taken from ``status.versions[].weight`` (the
   weight in effect) when the operator reports one, else from the spec;
 - each version's replicas: the model's pods of that version that are Ready, have a pod IP
-  and are not being deleted, as ``http://<podIP>:9000`` (the pod's OpenAI frontend).
+  and are not being deleted, as ``http://<podIP>:9000`` (the pod's OpenAI frontend), with
+  ``http://<podIP>:8000`` (Triton's KServe v2 HTTP API) beside each.
 
 A model whose spec does not validate is left out (the operator reports why on it). It
 also supplies the hold-and-wake ``scale_up`` callback (``scale_from_zero``).
@@ -27,7 +28,13 @@ from deepserve.operator.api.crds import API_VERSION
 from deepserve.operator.api.schema_check import SpecError
 from deepserve.operator.api.views import InferenceModelSpec
 from deepserve.operator.autoscaler.io import scale_from_zero
-from deepserve.operator.builders.context import LABEL_MODEL, LABEL_VERSION, MANAGED_BY, OPENAI_PORT
+from deepserve.operator.builders.context import (
+    HTTP_PORT,
+    LABEL_MODEL,
+    LABEL_VERSION,
+    MANAGED_BY,
+    OPENAI_PORT,
+)
 from deepserve.operator.gateway.routing import ModelRoute, VersionTarget
 from deepserve.operator.kube import Kube, KubeError
 
@@ -43,15 +50,15 @@ def _ready(pod: dict[str, Any]) -> bool:
 
 
 def routes_from_objects(models: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]],
-                        port: int = OPENAI_PORT) -> list[ModelRoute]:
+                        port: int = OPENAI_PORT, kserve_port: int = HTTP_PORT) -> list[ModelRoute]:
     """The routes plain API objects describe (InferenceModels and pods, any namespaces)."""
-    ready: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    ready: dict[tuple[str, str, str], list[str]] = defaultdict(list)  # pod IPs
     for pod in pods:
         md = pod.get("metadata", {})
         labels = md.get("labels") or {}
         if _ready(pod):
             key = (md.get("namespace", ""), labels.get(LABEL_MODEL, ""), labels.get(LABEL_VERSION, ""))
-            ready[key].append(f"http://{pod['status']['podIP']}:{port}")
+            ready[key].append(pod["status"]["podIP"])
     out = []
     for m in models:
         md = m.get("metadata", {})
@@ -65,8 +72,10 @@ def routes_from_objects(models: Iterable[dict[str, Any]], pods: Iterable[dict[st
         versions = []
         for v in spec.versions:
             weight = in_effect.get(v.name)
-            upstreams = tuple(sorted(ready.get((namespace, name, v.name), [])))
-            versions.append(VersionTarget(v.name, weight if isinstance(weight, int) else v.weight, upstreams))
+            ips = sorted(ready.get((namespace, name, v.name), []))
+            versions.append(VersionTarget(
+                v.name, weight if isinstance(weight, int) else v.weight,
+                tuple(f"http://{ip}:{port}" for ip in ips), tuple(f"http://{ip}:{kserve_port}" for ip in ips)))
         aliases = tuple(getattr(spec, "aliases", ()) or ())
         out.append(ModelRoute(namespace, name, labels=dict(md.get("labels") or {}), aliases=aliases,
                               versions=tuple(versions)))
@@ -77,8 +86,8 @@ class KubeDiscovery:
     """Polls the cluster every ``every_s`` and hands the routes to the gateway."""
 
     def __init__(self, kube: Kube, namespaces: Iterable[str] | None = None, every_s: float = 1.0,
-                 port: int = OPENAI_PORT) -> None:
-        self.kube, self.port = kube, port
+                 port: int = OPENAI_PORT, kserve_port: int = HTTP_PORT) -> None:
+        self.kube, self.port, self.kserve_port = kube, port, kserve_port
         self.namespaces: list[str | None] = list(namespaces) if namespaces else [None]
         self.every_s = every_s
         self._stop = threading.Event()
@@ -91,7 +100,7 @@ class KubeDiscovery:
         for ns in self.namespaces:
             models += self.kube.list(API_VERSION, "InferenceModel", ns)
             pods += self.kube.list("v1", "Pod", ns, label_selector=POD_SELECTOR)
-        return routes_from_objects(models, pods, self.port)
+        return routes_from_objects(models, pods, self.port, self.kserve_port)
 
     def scale_up(self, namespace: str, model: str, version: str) -> None:
         """Hold-and-wake's callback (runs in a worker thread): scale the model from zero."""

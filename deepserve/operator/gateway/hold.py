@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from deepserve.engine.openai_api import OpenAIError
+from deepserve.operator.gateway.errors import Refused
 from deepserve.operator.gateway.metrics import GatewayMetrics
 from deepserve.operator.gateway.routing import VersionState
 
@@ -37,9 +38,10 @@ class HoldConfig:
     rescale_every_s: float = 2.0
 
 
-def unavailable(message: str, code: str) -> OpenAIError:
-    """The 503 a held request gets (OpenAI error JSON; the caller adds ``Retry-After``)."""
-    return OpenAIError(503, message, type="service_unavailable", code=code)
+def unavailable(message: str, code: str, reason: str) -> Refused:
+    """The 503 (with ``Retry-After: 1``) a request gets that cannot be held any longer."""
+    error = OpenAIError(503, message, type="service_unavailable", code=code)
+    return Refused(error, reason, {"Retry-After": "1"})
 
 
 class Holder:
@@ -59,11 +61,11 @@ class Holder:
         """Return once ``state`` has a Ready replica; raise the 503 on a full queue or timeout."""
         namespace, model, version = key
         if self.held.get(key, 0) >= self.config.queue_limit:
-            self.metrics.refusals.labels("hold_queue_full").inc()
             raise unavailable(
                 f"model '{namespace}/{model}' version '{version}' is starting and its queue is "
                 f"full ({self.config.queue_limit} requests held); retry shortly",
                 "model_starting",
+                "hold_queue_full",
             )
         deadline = started + self.config.hold_timeout_s
         self._count(key, +1)
@@ -73,11 +75,11 @@ class Holder:
                 self._ask_scale_up(key)
                 wait = min(self.config.rescale_every_s, deadline - time.monotonic())
                 if wait <= 0:
-                    self.metrics.refusals.labels("hold_timeout").inc()
                     raise unavailable(
                         f"model '{namespace}/{model}' version '{version}': no replica became "
                         f"ready within {self.config.hold_timeout_s:g}s",
                         "model_not_ready",
+                        "hold_timeout",
                     )
                 try:
                     await asyncio.wait_for(state.ready.wait(), timeout=wait)

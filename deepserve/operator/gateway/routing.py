@@ -29,11 +29,16 @@ DEFAULT_LOAD_PENALTY = 8.0  # prefix blocks one extra request in flight is worth
 
 @dataclass(frozen=True)
 class VersionTarget:
-    """One version of a model: its traffic weight and Ready replica URLs (``http://ip:9000``)."""
+    """One version of a model: its traffic weight and Ready replica URLs (``http://ip:9000``).
+
+    ``kserve_upstreams``, when given, holds each replica's KServe v2 base URL
+    (``http://ip:8000``) in the same order as ``upstreams``.
+    """
 
     name: str
     weight: int
     upstreams: tuple[str, ...] = ()
+    kserve_upstreams: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class VersionState:
     upstreams: list[str] = field(default_factory=list)
     outstanding: dict[str, int] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    kserve: dict[str, str] = field(default_factory=dict)  # replica URL -> its KServe v2 base URL
 
     def set_upstreams(self, upstreams: Sequence[str]) -> None:
         """Replace the Ready replicas, keeping counts of those that stay; wake waiters."""
@@ -114,6 +120,7 @@ class Router:
                 state.weight = target.weight
                 gone = set(state.upstreams) - set(target.upstreams)
                 state.set_upstreams(target.upstreams)
+                state.kserve = dict(zip(target.upstreams, target.kserve_upstreams, strict=False))
                 for url in gone:
                     self.prefix.forget(url)
                 states[target.name] = state

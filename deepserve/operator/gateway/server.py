@@ -24,7 +24,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from deepserve.engine.openai_api import MAX_BODY_BYTES, OpenAIError, parse_chat, parse_completion
+from deepserve.operator.gateway.dispatch import dispatch
+from deepserve.operator.gateway.errors import Refused, not_found
 from deepserve.operator.gateway.hold import HoldConfig, Holder, ScaleUp
+from deepserve.operator.gateway.kserve import KServeProxy
 from deepserve.operator.gateway.limits import Refusal, TenantLimiter, Ticket, estimate_tokens
 from deepserve.operator.gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
 from deepserve.operator.gateway.prefix import block_hashes
@@ -71,16 +74,15 @@ def _error(exc: OpenAIError, headers: dict[str, str] | None = None) -> web.Respo
     )
 
 
-def _not_found(model: str) -> OpenAIError:
-    return OpenAIError(
-        404, f"the model '{model}' does not exist", param="model", code="model_not_found"
-    )
-
-
-class _Refused(Exception):
-    def __init__(self, error: OpenAIError, reason: str, headers: dict[str, str] | None = None):
-        super().__init__(error.message)
-        self.error, self.reason, self.headers = error, reason, headers
+async def _read_within(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes ``limit`` bytes."""
+    chunks, size = [], 0
+    while chunk := await request.content.read(65536):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Gateway:
@@ -112,6 +114,16 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The upstream client session (exists while the app runs)."""
+        assert self._session is not None, "the gateway app is not running"
+        return self._session
+
+    def new_request_id(self) -> str:
+        """A fresh request id."""
+        return self._new_id()
+
     def set_routes(self, routes: Sequence[ModelRoute]) -> None:
         """Replace the routes (call on the gateway's event loop); held requests wake up."""
         self.router.set_routes(routes)
@@ -126,6 +138,7 @@ class Gateway:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/held/{namespace}", self._held)
         app.router.add_get("/healthz", self._healthz)
+        KServeProxy(self).add_routes(app)
         app.on_startup.append(self._on_start)
         app.on_cleanup.append(self._on_stop)
         return app
@@ -186,7 +199,8 @@ class Gateway:
         return web.json_response({"ok": True, "models": len(self.router.routes())})
 
     # ---- one request -------------------------------------------------------
-    def _principal(self, request: web.Request) -> Principal:
+    def principal(self, request: web.Request) -> Principal:
+        """Who the request's Bearer key belongs to; 401 for a missing, wrong or revoked key."""
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
         principal = self._auth.authenticate(key.strip()) if scheme.lower() == "bearer" else None
@@ -194,19 +208,20 @@ class Gateway:
             error = OpenAIError(
                 401, "invalid or missing API key", type="authentication_error", code="invalid_api_key"
             )
-            raise _Refused(error, "auth")
+            raise Refused(error, "auth")
         return principal
 
-    def _route(self, principal: Principal, model: str) -> ModelRoute:
+    def allowed_route(self, principal: Principal, model: str) -> ModelRoute:
+        """The route of ``model`` if the principal's plan allows it; else 404 like a missing model."""
         route = self.router.lookup(model)
         if route is None or not principal.plan.models.allows(route.namespace, route.name, route.labels):
-            raise _Refused(_not_found(model), "model_not_found")  # outside the plan reads the same
+            raise Refused(not_found(model), "model_not_found")  # outside the plan reads the same
         return route
 
     async def _models(self, request: web.Request) -> web.Response:
         try:
-            principal = self._principal(request)
-        except _Refused as refused:
+            principal = self.principal(request)
+        except Refused as refused:
             self.metrics.refusals.labels(refused.reason).inc()
             return _error(refused.error)
         data = [
@@ -222,17 +237,21 @@ class Gateway:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "/v1/chat/completions", parse_chat)
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def read_body(self, request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
+        """The whole body, within ``limit`` bytes (413) and ``body_timeout_s`` (408)."""
+        too_large = Refused(OpenAIError(413, f"request body is larger than {limit} bytes",
+                                        code="body_too_large"), "body_too_large")
+        if (request.content_length or 0) > limit:
+            raise too_large
         try:
-            return await asyncio.wait_for(request.read(), self.config.body_timeout_s)
-        except web.HTTPRequestEntityTooLarge as exc:
-            error = OpenAIError(413, f"request body is larger than {MAX_BODY_BYTES} bytes",
-                                code="body_too_large")
-            raise _Refused(error, "body_too_large") from exc
+            body = await asyncio.wait_for(_read_within(request, limit), self.config.body_timeout_s)
         except TimeoutError as exc:
             error = OpenAIError(408, f"request body not received within {self.config.body_timeout_s:g}s",
                                 code="request_timeout")
-            raise _Refused(error, "body_timeout") from exc
+            raise Refused(error, "body_timeout") from exc
+        if body is None:
+            raise too_large
+        return body
 
     async def _serve(
         self, request: web.Request, path: str, parse: Callable[[bytes], Any]
@@ -241,28 +260,22 @@ class Gateway:
         model_label = UNKNOWN_MODEL
         status = 500
         try:
-            principal = self._principal(request)
-            body = await self._read_body(request)
+            principal = self.principal(request)
+            body = await self.read_body(request)
             try:
                 parsed = parse(body)
             except OpenAIError as exc:
-                raise _Refused(exc, "bad_request") from exc
-            route = self._route(principal, parsed.model)
+                raise Refused(exc, "bad_request") from exc
+            route = self.allowed_route(principal, parsed.model)
             model_label = route.full_name
-            self._check_spend(principal)
-            version = self.router.choose_version(
-                route, request.headers.get(VERSION_HEADER), request.headers.get(SESSION_HEADER)
-            )
-            if version is None:
-                error = OpenAIError(404, f"model '{route.full_name}' has no version "
-                                    f"'{request.headers.get(VERSION_HEADER)}'", code="version_not_found")
-                raise _Refused(error, "version_not_found")
+            self.check_spend(principal)
+            version = self.choose_version(route, request)
             prompt = parsed.prompt if path == "/v1/completions" else "".join(
                 f"{m.role}\n{m.content}\n" for m in parsed.messages)
             estimate = estimate_tokens(len(prompt.encode()), parsed.max_tokens,
                                        self.config.default_max_tokens)
-            ticket = self._admit(principal, estimate)
-        except _Refused as refused:
+            ticket = self.admit(principal, estimate)
+        except Refused as refused:
             self.metrics.refusals.labels(refused.reason).inc()
             self.metrics.requests.labels(model_label, str(refused.error.status)).inc()
             return _error(refused.error, refused.headers)
@@ -287,21 +300,37 @@ class Gateway:
             self.metrics.requests.labels(model_label, str(status)).inc()
             self.metrics.latency.labels(model_label).observe(time.monotonic() - started)
 
-    def _admit(self, principal: Principal, estimate: int) -> Ticket:
+    def choose_version(self, route: ModelRoute, request: web.Request) -> str:
+        """The version for this request (pin, session, weights); 404 for an unknown pin."""
+        pinned = request.headers.get(VERSION_HEADER)
+        version = self.router.choose_version(route, pinned, request.headers.get(SESSION_HEADER))
+        if version is None:
+            error = OpenAIError(404, f"model '{route.full_name}' has no version '{pinned}'",
+                                code="version_not_found")
+            raise Refused(error, "version_not_found")
+        return version
+
+    def admit(self, principal: Principal, estimate: int) -> Ticket:
+        """Admit a request of ``estimate`` tokens under the tenant's limits, or 429."""
         got = self._limiter.admit(principal.tenant, principal.plan, estimate)
         if isinstance(got, Refusal):
             error = OpenAIError(429, got.reason, type="rate_limit_error", code="rate_limit_exceeded")
-            raise _Refused(error, f"rate_{got.limit}", {"Retry-After": str(got.retry_after_s)})
+            raise Refused(error, f"rate_{got.limit}", {"Retry-After": str(got.retry_after_s)})
         return got
 
-    def _check_spend(self, principal: Principal) -> None:
+    def release(self, ticket: Ticket) -> None:
+        """An admitted request is finished."""
+        self._limiter.release(ticket)
+
+    def check_spend(self, principal: Principal) -> None:
+        """402 when the tenant's month-to-date spend reached its plan's cap."""
         cap = principal.plan.monthly_spend_cap
         if cap is None or self._spend is None:
             return
         if self._spend.month_to_date(principal.tenant) >= cap:
             error = OpenAIError(402, "monthly spend cap reached", type="insufficient_quota",
                                 code="spend_cap_reached")
-            raise _Refused(error, "spend_cap")
+            raise Refused(error, "spend_cap")
 
     async def _proxy(
         self,
@@ -315,51 +344,36 @@ class Gateway:
         hashes: list[int],
         started: float,
     ) -> tuple[web.StreamResponse, Outcome]:
-        assert self._session is not None
         request_id = self._new_id()
         headers = {"Content-Type": "application/json", TENANT_HEADER: principal.tenant,
                    REQUEST_ID_HEADER: request_id}
         back = {REQUEST_ID_HEADER: request_id, VERSION_HEADER: version}
         data = msgspec.json.encode(forward)
-        while True:
-            state = self.router.state(route, version)
-            if state is None:
-                return _error(_not_found(route.full_name), back), Outcome(404)
-            url = self.router.pick(state, hashes)
-            if url is None:
-                try:
-                    await self.holder.wait((route.namespace, route.name, version), state, started)
-                except OpenAIError as exc:
-                    return _error(exc, {**back, "Retry-After": "1"}), Outcome(exc.status)
-                continue
-            try:
-                return await self._forward(request, state, url, path, data, headers, back, parsed, hashes)
-            except aiohttp.ClientConnectorError as exc:  # never reached the pod: safe to re-hold
-                log.warning("%s: replica %s refused (%s); holding %s", route.full_name, url, exc, request_id)
-                self.router.drop_upstream(state, url)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("upstream %s for %s failed: %s", route.full_name, request_id, exc)
-                error = OpenAIError(502, "the model's server could not be reached", type="api_error")
-                return _error(error, back), Outcome(502)
+
+        async def send(state: VersionState, url: str) -> tuple[web.StreamResponse, Outcome]:
+            return await self._forward(request, url, path, data, headers, back, parsed)
+
+        try:
+            return await dispatch(self.router, self.holder, route, version, hashes, started, send)
+        except Refused as refused:
+            self.metrics.refusals.labels(refused.reason).inc()
+            return _error(refused.error, {**back, **(refused.headers or {})}), Outcome(refused.error.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("upstream %s for %s failed: %s", route.full_name, request_id, exc)
+            error = OpenAIError(502, "the model's server could not be reached", type="api_error")
+            return _error(error, back), Outcome(502)
 
     async def _forward(
         self,
         request: web.Request,
-        state: VersionState,
         url: str,
         path: str,
         data: bytes,
         headers: dict[str, str],
         back: dict[str, str],
         parsed: Any,
-        hashes: list[int],
     ) -> tuple[web.StreamResponse, Outcome]:
-        assert self._session is not None
-        self.router.started(state, url, hashes)
-        try:
-            async with self._session.post(url.rstrip("/") + path, data=data, headers=headers) as up:
-                if not parsed.stream or up.status != 200:
-                    return await relay_whole(up, back)
-                return await relay_stream(request, up, back, parsed.include_usage)
-        finally:
-            self.router.finished(state, url)
+        async with self.session.post(url.rstrip("/") + path, data=data, headers=headers) as up:
+            if not parsed.stream or up.status != 200:
+                return await relay_whole(up, back)
+            return await relay_stream(request, up, back, parsed.include_usage)
