@@ -89,16 +89,17 @@ def check_layout(tensor_parallel: int, pipeline_parallel: int, *, num_layers: in
                  attention_heads: int, kv_heads: int, gpus: int | None = None) -> None:
     """Refuse a layout the engine cannot run, naming the field.
 
-    TP must divide the attention heads and the KV heads (whole heads per rank), PP must
-    not exceed the layers, and TP x PP must equal ``gpus`` when given.
+    TP must divide the attention heads (whole heads per rank) and divide the KV heads or
+    be a multiple of them (each rank then keeps one replicated KV head), PP must not
+    exceed the layers, and TP x PP must equal ``gpus`` when given.
     """
     RankLayout(tensor_parallel, pipeline_parallel)
     if attention_heads % tensor_parallel:
         raise ParallelLayoutError(f"tensor_parallel: {tensor_parallel} does not divide the "
                                   f"{attention_heads} attention heads")
-    if kv_heads % tensor_parallel:
-        raise ParallelLayoutError(f"tensor_parallel: {tensor_parallel} does not divide the "
-                                  f"{kv_heads} KV heads")
+    if kv_heads % tensor_parallel and tensor_parallel % kv_heads:
+        raise ParallelLayoutError(f"tensor_parallel: {tensor_parallel} neither divides the "
+                                  f"{kv_heads} KV heads nor is a multiple of them")
     stage_bounds(num_layers, pipeline_parallel)
     if gpus is not None and tensor_parallel * pipeline_parallel != gpus:
         raise ParallelLayoutError(

@@ -70,16 +70,40 @@ def _split_mlp(mlp: GatedMLP, rank: int, world: int) -> None:
     _shard_columns(mlp.down_proj, rank, world)
 
 
+def _keep_kv_head(linear: nn.Linear, head: int, head_dim: int) -> None:
+    """Keep one KV head's rows (replicated on the ranks that share it)."""
+    sl = slice(head * head_dim, (head + 1) * head_dim)
+    linear.weight = nn.Parameter(linear.weight.detach()[sl].clone(), requires_grad=False)
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(linear.bias.detach()[sl].clone(), requires_grad=False)
+    linear.out_features = head_dim
+
+
 def _split_gqa(attn: GroupedQueryAttention, rank: int, world: int) -> None:
-    if attn.kv_heads % world:
-        raise TensorParallelError(f"{attn.kv_heads} KV heads do not split over {world} ranks")
+    """Whole query heads per rank; KV heads split, or replicated when ranks outnumber them.
+
+    With ``world`` a multiple of the KV heads, rank ``r``'s query heads all belong to KV
+    head ``r * kv_heads // world``, which that rank keeps whole (each KV head is held by
+    ``world / kv_heads`` ranks).
+    """
+    if attn.heads % world:
+        raise TensorParallelError(f"{attn.heads} attention heads do not split over {world} ranks")
+    replicate = attn.kv_heads % world != 0
+    if replicate and world % attn.kv_heads:
+        raise TensorParallelError(f"{attn.kv_heads} KV heads do not split over {world} ranks "
+                                  "(nor does the world size replicate them evenly)")
     hd = attn.head_dim
     _shard_rows(attn.q_proj, rank, world, hd)
-    _shard_rows(attn.k_proj, rank, world, hd)
-    _shard_rows(attn.v_proj, rank, world, hd)
+    if replicate:
+        head = rank * attn.kv_heads // world
+        _keep_kv_head(attn.k_proj, head, hd)
+        _keep_kv_head(attn.v_proj, head, hd)
+    else:
+        _shard_rows(attn.k_proj, rank, world, hd)
+        _shard_rows(attn.v_proj, rank, world, hd)
     _shard_columns(attn.o_proj, rank, world)
     attn.heads //= world
-    attn.kv_heads //= world
+    attn.kv_heads = 1 if replicate else attn.kv_heads // world
 
 
 def _split_mla(attn: MultiHeadLatentAttention, rank: int, world: int) -> None:
@@ -122,6 +146,6 @@ def apply_tensor_parallel(model: Transformer, group: Any = None) -> Transformer:
     # the KV cache per rank holds its own KV heads (MLA's latent cache is shared, unchanged)
     if not args.is_mla:
         model.args = dataclasses.replace(args, num_heads=args.num_heads // world,
-                                         num_kv_heads=args.num_kv_heads // world)
+                                         num_kv_heads=max(1, args.num_kv_heads // world))
     log.info("tensor parallel: rank %d of %d", rank, world)
     return model

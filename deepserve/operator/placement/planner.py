@@ -313,6 +313,12 @@ def plan_placement(
             cand = _evaluate(shape, pool, acc, precision, tp, request, work, factors, selector,
                              cache)
             (feasible if cand.feasible else rejected).append(cand)
+    if not feasible:  # no single node holds a replica: TP inside nodes x PP across them
+        from deepserve.operator.placement.parallel import plan_multi_node
+
+        multi = plan_multi_node(shape, pools, request, catalog, factors, rejected)
+        if multi is not None:
+            return multi
     feasible.sort(key=lambda c: strategy_key(request.strategy, c))
     rejected.sort(key=lambda c: (-STAGES.get(c.rejected_code or "", 0), c.pool, c.tensor_parallel))
     reason = _reason(shape, request, feasible, rejected, pools, catalog)

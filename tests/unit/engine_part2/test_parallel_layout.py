@@ -35,18 +35,22 @@ def test_stages_cover_every_layer_once_and_balance() -> None:
             assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
 
 
-@pytest.mark.parametrize(("tp", "pp", "gpus", "field", "text"), [
-    (3, 1, None, "tensor_parallel", "32 attention heads"),
-    (16, 1, None, "tensor_parallel", "8 KV heads"),
-    (1, 81, None, "pipeline_parallel", "80 layers"),
-    (2, 2, 8, "gpusPerReplica", "2 x 2"),
-    (0, 1, None, "tensor_parallel", ">= 1"),
+@pytest.mark.parametrize(("tp", "pp", "kv", "gpus", "field", "text"), [
+    (5, 1, 8, None, "tensor_parallel", "48 attention heads"),
+    (8, 1, 12, None, "tensor_parallel", "12 KV heads"),
+    (1, 81, 8, None, "pipeline_parallel", "80 layers"),
+    (2, 2, 8, 8, "gpusPerReplica", "2 x 2"),
+    (0, 1, 8, None, "tensor_parallel", ">= 1"),
 ])
-def test_layouts_that_cannot_run_are_refused(tp: int, pp: int, gpus: int | None, field: str,
-                                             text: str) -> None:
+def test_layouts_that_cannot_run_are_refused(tp: int, pp: int, kv: int, gpus: int | None,
+                                             field: str, text: str) -> None:
     with pytest.raises(ParallelLayoutError) as err:
-        check_layout(tp, pp, num_layers=80, attention_heads=32, kv_heads=8, gpus=gpus)
+        check_layout(tp, pp, num_layers=80, attention_heads=48, kv_heads=kv, gpus=gpus)
     assert str(err.value).startswith(field) and text in str(err.value)
+
+
+def test_tp_beyond_the_kv_heads_replicates_them() -> None:
+    check_layout(16, 1, num_layers=80, attention_heads=48, kv_heads=8)  # 2 ranks per KV head
 
 
 def test_engine_options_validate_pipeline_parallel() -> None:

@@ -85,5 +85,34 @@ def test_indivisible_heads_are_refused(part2_dirs: dict[str, Path], tmp_path: Pa
         dist.destroy_process_group()
     from deepserve.engine.parallel.tensor_parallel import _split_gqa
 
-    with pytest.raises(TensorParallelError, match="KV heads"):
+    with pytest.raises(TensorParallelError, match="4 attention heads"):
         _split_gqa(model.model.layers[0].self_attn, 0, 3)  # type: ignore[arg-type]
+    attn = model.model.layers[0].self_attn
+    attn.heads, attn.kv_heads = 6, 3  # 3 KV heads neither split over 2 ranks nor replicate
+    with pytest.raises(TensorParallelError, match="3 KV heads"):
+        _split_gqa(attn, 0, 2)  # type: ignore[arg-type]
+
+
+def test_kv_heads_are_replicated_when_ranks_outnumber_them(part2_dirs: dict[str, Path]) -> None:
+    """TP=4 over 2 KV heads: each rank keeps one whole KV head; the partial sums add up."""
+    import copy
+
+    from deepserve.engine.model.cache import KVCache
+    from deepserve.engine.parallel.tensor_parallel import _split_gqa
+
+    model = load_transformer(part2_dirs["llama"])
+    model.setup_caches(1, 64)
+    attn = model.model.layers[0].self_attn
+    assert (attn.heads, attn.kv_heads) == (4, 2)
+    x = torch.randn(1, 9, model.args.hidden_size, generator=torch.Generator().manual_seed(0))
+    batch = model.attention_batch(torch.arange(9)[None], torch.tensor([0]), fresh=True)
+    with torch.inference_mode():
+        full = attn(x, batch)
+        total = torch.zeros_like(full)
+        for rank in range(4):
+            shard = copy.deepcopy(attn)
+            _split_gqa(shard, rank, 4)  # type: ignore[arg-type]
+            assert (shard.heads, shard.kv_heads) == (1, 1)
+            shard.cache = KVCache(1, 1, 64, attn.head_dim, attn.head_dim, torch.float32)
+            total += shard(x, batch)  # what the all-reduce adds
+    torch.testing.assert_close(total, full, rtol=1e-5, atol=1e-5)
