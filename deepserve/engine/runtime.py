@@ -5,11 +5,16 @@ prefills waiting ones into free cache slots (the first token streams right away)
 then decodes one token for every running sequence in a single batched forward pass.
 Finished sequences free their slot immediately, so short answers never wait for long
 ones. ``step`` is driven by a background thread (:meth:`start`) or by the caller.
+
+A request takes the lowest free slot, and a decode step runs over the first slots up to
+the highest running one, padded to a fixed bucket size (:mod:`deepserve.engine.decode_graphs`):
+a few shapes, each compiled and captured once at start, whatever batch sizes arrive.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
 import itertools
 import logging
 import threading
@@ -20,8 +25,9 @@ from datetime import UTC, datetime
 
 import torch
 
+from deepserve.engine.decode_graphs import BucketedDecoder
 from deepserve.engine.features import EngineFeatures
-from deepserve.engine.generate import decode_step, prefill
+from deepserve.engine.generate import prefill
 from deepserve.engine.model.transformer import Transformer
 from deepserve.engine.sampling import (
     InvalidRequestError,
@@ -143,7 +149,8 @@ class InferenceEngine:
 
     def __init__(self, model: Transformer, tokenizer: TextTokenizer, *, slots: int,
                  max_input_tokens: int, max_new_tokens_limit: int, precision: str = "fp32",
-                 compile_decode: bool = False, features: EngineFeatures | None = None) -> None:
+                 compile_decode: bool = False, features: EngineFeatures | None = None,
+                 warm_up: bool | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         # part 2 (sparse attention, adaptive precision, prefix cache); all off by default
         self.features = features or EngineFeatures(precision=precision)
@@ -154,18 +161,28 @@ class InferenceEngine:
                                model.args.max_position_embeddings)
         model.setup_caches(slots, self.max_seq_len)
         self.slots = slots
-        self._free = list(range(slots - 1, -1, -1))
+        self._free = list(range(slots))  # a min-heap: running sequences stay in low slots
         self._running: dict[int, _Sequence] = {}
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._lock = threading.Condition()
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._stop = False
-        self._decode = decode_step
-        if compile_decode:  # CUDA graphs for the static-shape decode step
-            # routed experts pick data-dependent token sets: a graph break, so no fullgraph
-            fullgraph = model.args.n_routed_experts == 0
-            self._decode = torch.compile(decode_step, mode="reduce-overhead", fullgraph=fullgraph)
+        # routed experts pick data-dependent token sets: a graph break (no fullgraph) and a
+        # host sync (no CUDA graph)
+        dense = model.args.n_routed_experts == 0
+        self.decoder = BucketedDecoder(model, slots, compile=compile_decode,
+                                       graphs=compile_decode and dense, fullgraph=dense)
+        if compile_decode if warm_up is None else warm_up:
+            self.warm_up()
+
+    def warm_up(self) -> float:
+        """Compile and capture the decode step at every bucket size (before serving);
+        returns the seconds it took, so no request pays a compile later."""
+        with torch.inference_mode(), self.features.compute(self.features.precision):
+            seconds = self.decoder.warm_up(key=self.features.precision)
+        log.info("decode warm-up: buckets %s in %.1f s", self.decoder.buckets, seconds)
+        return seconds
 
     # ----- requests -------------------------------------------------------------------
     def validate(self, prompt: str, params: SamplingParams) -> list[int]:
@@ -240,7 +257,7 @@ class InferenceEngine:
                 if not self._free or not self._waiting:
                     return
                 seq = self._waiting.popleft()
-                seq.slot = self._free.pop()
+                seq.slot = heapq.heappop(self._free)
             self._running[seq.slot] = seq
             seq.started_at, seq.started = datetime.now(UTC), time.monotonic()
             seq.precision = self.features.choose_precision(seq.prompt_ids)
@@ -256,13 +273,14 @@ class InferenceEngine:
             self._accept(seq, sample_token(logits, seq.params, seq.generator))
 
     def _decode_all(self) -> None:
-        tokens = torch.zeros(self.slots, dtype=torch.long)
-        positions = torch.zeros(self.slots, dtype=torch.long)
+        width = max(self._running) + 1  # slots 0..width-1; free ones among them decode padding
+        tokens = torch.zeros(width, dtype=torch.long)
+        positions = torch.zeros(width, dtype=torch.long)
         for slot, seq in self._running.items():
             tokens[slot], positions[slot] = seq.last_token, seq.next_pos
         precision = self.features.batch_precision(s.precision for s in self._running.values())
         with self.features.compute(precision):
-            logits = self._decode(self.model, tokens.to(self.device), positions.to(self.device))
+            logits = self.decoder(tokens.to(self.device), positions.to(self.device), key=precision)
         greedy = logits.argmax(dim=-1).tolist()  # one device sync for every greedy sequence
         for slot, seq in list(self._running.items()):
             seq.next_pos += 1
@@ -292,7 +310,7 @@ class InferenceEngine:
         if seq.slot >= 0 and self._running.get(seq.slot) is seq:
             del self._running[seq.slot]
             with self._lock:
-                self._free.append(seq.slot)
+                heapq.heappush(self._free, seq.slot)
         now = time.monotonic()
         ttft = seq.first_token - seq.started if seq.first_token is not None else None
         tpot = ((now - seq.first_token) / (seq.generated - 1)

@@ -29,15 +29,16 @@ class KVCache(nn.Module):
                k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write ``k``/``v`` [B, Hkv, T, D] at ``positions`` [B, T] of ``slots`` [B].
 
-        ``slots=None`` means all slots in order (decode). Returns the full cache rows of
-        those slots: ``(k [B, Hkv, S, D], v [B, Hkv, S, Dv])``.
+        ``slots=None`` means the first B slots in order (decode; a view, no copy). Returns
+        the full cache rows of those slots: ``(k [B, Hkv, S, D], v [B, Hkv, S, Dv])``.
         """
-        rows = torch.arange(self.k_cache.shape[0], device=k.device) if slots is None else slots
+        bsz = k.shape[0]
+        rows = torch.arange(bsz, device=k.device) if slots is None else slots
         # advanced indices around a slice put the indexed dims first: [B, T, Hkv, D]
         self.k_cache[rows[:, None], :, positions] = k.transpose(1, 2)
         self.v_cache[rows[:, None], :, positions] = v.transpose(1, 2)
         if slots is None:
-            return self.k_cache, self.v_cache
+            return self.k_cache[:bsz], self.v_cache[:bsz]
         return self.k_cache[slots], self.v_cache[slots]
 
 
@@ -64,8 +65,9 @@ class LatentCache(nn.Module):
         Keys are ``[B, 1, S, R + Dr]`` (latent and rotary part), values the latent view
         ``[B, 1, S, R]`` — absorbed MLA attends in latent space.
         """
-        rows = torch.arange(self.kv_cache.shape[0], device=latent.device) if slots is None else slots
+        bsz = latent.shape[0]
+        rows = torch.arange(bsz, device=latent.device) if slots is None else slots
         entry = torch.cat([latent, k_rope], dim=-1).transpose(1, 2)  # [B, T, 1, R+Dr]
         self.kv_cache[rows[:, None], :, positions] = entry
-        keys = self.kv_cache if slots is None else self.kv_cache[slots]
+        keys = self.kv_cache[:bsz] if slots is None else self.kv_cache[slots]
         return keys, keys[..., : self.kv_lora_rank]

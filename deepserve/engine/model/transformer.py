@@ -122,7 +122,7 @@ class Transformer(nn.Module):
                 fresh: bool = False) -> torch.Tensor:
         """Run ``tokens`` [B, T] at ``positions`` [B, T] in cache ``slots`` [B].
 
-        ``slots=None`` means B equals the number of cache slots, in order (the decode
+        ``slots=None`` means the first B cache slots, in order (the decode
         step). Each query attends cache positions ``<=`` its own position in its slot.
         Returns logits [B, T, vocab], or with ``last`` [B] (an index into T per sequence)
         only those positions' logits [B, 1, vocab]. ``fresh=True`` promises positions

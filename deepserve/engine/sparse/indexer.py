@@ -72,9 +72,9 @@ class IndexerKeyCache(nn.Module):
     def update(self, slots: torch.Tensor | None, positions: torch.Tensor,
                k: torch.Tensor) -> torch.Tensor:
         """Write ``k`` [B, T, Dk] at ``positions`` [B, T]; return the rows [B, S, Dk]."""
-        rows = torch.arange(self.k_cache.shape[0], device=k.device) if slots is None else slots
+        rows = torch.arange(k.shape[0], device=k.device) if slots is None else slots
         self.k_cache[rows[:, None], 0, positions] = k.to(self.k_cache.dtype)
-        cache = self.k_cache if slots is None else self.k_cache[slots]
+        cache = self.k_cache[: k.shape[0]] if slots is None else self.k_cache[slots]
         return cache[:, 0]
 
 
