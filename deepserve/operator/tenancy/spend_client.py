@@ -6,10 +6,11 @@ amount a decimal string, authenticated with ``Authorization: Bearer <read token>
 
 The gateway asks on its event loop, so the common path never waits on the network: a
 value younger than ``ttl_s`` is returned as is; an older one is returned while one
-background fetch refreshes it (stale-while-revalidate). Only a tenant's first question
-fetches synchronously (bounded by ``timeout_s``). The cap is a promise about money, so
-the source fails closed: with no value, or none younger than ``max_stale_s`` (billing
-unreachable), the spend reads as infinite and capped requests get 402.
+background fetch refreshes it (stale-while-revalidate). A tenant's first question, and
+one whose value is older than ``max_stale_s`` (nobody asked for a while, or billing was
+unreachable), fetch synchronously, bounded by ``timeout_s``. The cap is a promise about
+money, so the source fails closed: when that fetch fails the spend reads as infinite and
+capped requests get 402.
 """
 
 from __future__ import annotations
@@ -63,9 +64,11 @@ class HttpSpendSource:
             return self._refresh(key)
         value, at = cached
         age = self._mono() - at
+        if age >= self._max_stale:  # too old to serve: ask now, like a first question
+            return self._refresh(key)
         if age >= self._ttl:
             self._refresh_in_background(key)
-        return value if age < self._max_stale else UNKNOWN_SPEND
+        return value
 
     def fetch(self, tenant: str, month: str) -> Decimal:
         """One request to the endpoint; raises SpendFetchError."""

@@ -104,6 +104,10 @@ def test_fails_closed_when_billing_is_unknown(billing: Billing) -> None:
     assert source.month_to_date("acme") == Decimal(0)
     clock[0] = 31
     assert source.month_to_date("acme") == UNKNOWN_SPEND
+    billing.status = 200  # back: a value too old to serve is fetched at once, not refused
+    billing.amounts[("acme", "2026-12")] = "3"
+    clock[0] = 100
+    assert source.month_to_date("acme") == Decimal(3)
     gone = HttpSpendSource("http://127.0.0.1:1", TOKEN, now=lambda: NOW)
     assert gone.month_to_date("acme") == UNKNOWN_SPEND
     for s in (wrong, source, gone):
