@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch.distributed as dist
@@ -28,7 +28,7 @@ import torch.distributed as dist
 from deepserve.engine.build import build_engine, resolve_device
 from deepserve.engine.options import EngineOptions
 from deepserve.engine.parallel.control import ControlChannel, attach_leader
-from deepserve.engine.parallel.layout import RankLayout
+from deepserve.engine.parallel.layout import ParallelLayoutError, RankLayout
 from deepserve.engine.parallel.rank import (
     OPTIONS_ENV,
     TIMEOUT_ENV,
@@ -41,6 +41,8 @@ from deepserve.engine.runtime import InferenceEngine
 log = logging.getLogger(__name__)
 
 FailureHandler = Callable[[str], None]
+LWS_GROUP_SIZE = "LWS_GROUP_SIZE"  # set by the LeaderWorkerSet controller in every pod
+MASTER_PORT_ENV = "DEEPSERVE_MASTER_PORT"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -83,6 +85,20 @@ def stop_serving_process(reason: str) -> None:
         return
     if name.startswith("tritonserver"):
         os.kill(parent, signal.SIGTERM)
+
+
+def local_rank_count(world: int, environ: Mapping[str, str]) -> int:
+    """Ranks this pod runs: all of them, or ``world / LWS_GROUP_SIZE`` in a LeaderWorkerSet."""
+    group = int(environ.get(LWS_GROUP_SIZE, "1"))
+    if group < 1 or world % group:
+        raise ParallelLayoutError(f"{LWS_GROUP_SIZE}: {group} pods cannot split {world} ranks evenly")
+    return world // group
+
+
+def start_follower(options: EngineOptions, rank: int, world: WorldSpec) -> subprocess.Popen[bytes]:
+    """Start follower ``rank`` (``python -m deepserve.engine.parallel.rank``)."""
+    return subprocess.Popen([python_executable(), "-m", "deepserve.engine.parallel.rank"],
+                            env=follower_env(options, rank, world))
 
 
 class RankSupervisor:
@@ -164,8 +180,10 @@ def launch_replica(options: EngineOptions, on_failure: FailureHandler | None = N
     if layout.world == 1:
         return Replica(build_engine(options), layout)
     backend = "nccl" if resolve_device(options).type == "cuda" else "gloo"
-    world = WorldSpec(master_addr, port or free_port(master_addr), backend,
+    port = port or int(os.environ.get(MASTER_PORT_ENV, "0")) or free_port(master_addr)
+    world = WorldSpec(master_addr, port, backend,
                       timeout_s if timeout_s is not None else collective_timeout_s())
+    local = local_rank_count(layout.world, os.environ)  # the rest join from worker pods
     replica_box: list[Replica] = []
     failures: list[str] = []
 
@@ -181,9 +199,7 @@ def launch_replica(options: EngineOptions, on_failure: FailureHandler | None = N
         if on_failure is not None:
             on_failure(reason)
 
-    procs = {rank: subprocess.Popen([python_executable(), "-m", "deepserve.engine.parallel.rank"],
-                                    env=follower_env(options, rank, world))
-             for rank in range(1, layout.world)}
+    procs = {rank: start_follower(options, rank, world) for rank in range(1, local)}
     supervisor = RankSupervisor(procs, failed)
     supervisor.start()
     try:

@@ -82,3 +82,48 @@ def test_dead_rank_fails_the_replica_loudly(part2_dirs: dict[str, Path]) -> None
         assert time.monotonic() - start < 15
     finally:
         replica.close()
+
+
+def test_worker_pod_joins_the_leader_from_the_lws_environment(
+        part2_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2-pod LeaderWorkerSet group played by two process trees: the leader (this
+    process, rank 0) and a worker pod's node agent (rank 1) that finds the leader only
+    through LWS_LEADER_ADDRESS / LWS_GROUP_SIZE / LWS_WORKER_INDEX."""
+    import subprocess
+    import sys
+
+    from deepserve.engine.parallel.launcher import free_port
+    from deepserve.engine.parallel.rank import OPTIONS_ENV
+
+    options = _options(part2_dirs["llama"], tensor_parallel=2)
+    reference = _tokens(build_engine(options.replace(tensor_parallel=1)), PROMPTS[:2])
+    port = free_port()
+    lws = {"LWS_GROUP_SIZE": "2", "DEEPSERVE_MASTER_PORT": str(port)}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "deepserve.engine.parallel.node"],
+        env={**os.environ, **lws, "LWS_LEADER_ADDRESS": "127.0.0.1", "LWS_WORKER_INDEX": "1",
+             OPTIONS_ENV: options.to_json(), "DEEPSERVE_COLLECTIVE_TIMEOUT_S": "10"})
+    for key, value in lws.items():
+        monkeypatch.setenv(key, value)
+    failed = threading.Event()
+    replica = launch_replica(options, lambda reason: failed.set(), timeout_s=10)
+    try:
+        assert replica.supervisor is not None and replica.supervisor.procs == {}  # rank 1 is remote
+        assert _tokens(replica.engine, PROMPTS[:2]) == reference
+        rank1 = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == worker.pid]
+        assert len(rank1) == 1
+        os.kill(rank1[0], signal.SIGKILL)  # the worker pod's rank dies
+        assert worker.wait(timeout=10) == 1  # the pod fails (LWS recreates the whole group)
+        assert failed.wait(10)  # and the leader notices through its next broadcast
+    finally:
+        replica.close()
+        if worker.poll() is None:
+            worker.kill()
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
