@@ -20,10 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from deepserve.operator.dev.cluster import LocalCluster
+from deepserve.operator.dev.demo_flow import (
+    CallResult,
+    FrontDoor,
+    call_through_gateway,
+    expected_cost,
+    pod_frontend_up,
+    wait_current_rollout,
+)
 from deepserve.operator.dev.stack import REPO_ROOT, Stack, StackError, helm_install, run_tool
+from deepserve.operator.kube import Kube
 
 NAMESPACE = "demo"
 MODEL = "tiny-llama"
+TENANT = "acme"
 PROMPTS = ["The operator places every model", "Billing counts each token", "Sparse attention reads"]
 
 
@@ -53,25 +63,6 @@ def kubectl(cluster: LocalCluster, *args: str) -> str:
     return run_tool("kubectl", *args, kubeconfig=str(cluster.kubeconfig)).stdout
 
 
-def wait_ready(cluster: LocalCluster, stack: Stack, timeout: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    shown = ""
-    while time.monotonic() < deadline:
-        obj = json.loads(kubectl(cluster, "get", "inferencemodel", MODEL, "-n", NAMESPACE, "-o", "json"))
-        conds = {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
-        line = ", ".join(f"{t}={c['status']} ({c.get('reason', '')})" for t, c in sorted(conds.items()))
-        if line != shown:
-            say(f"  {line or 'waiting for the operator...'}")
-            shown = line
-        if conds.get("Ready", {}).get("status") == "True":
-            return dict(obj["status"])
-        for p in (stack.operator, stack.billing, stack.runner):
-            if p is not None and not p.alive():
-                raise StackError(f"{p.name} exited:\n{p.tail()}")
-        time.sleep(1)
-    raise StackError(f"{MODEL} not Ready after {timeout:.0f}s; see logs in {stack.work_dir / 'logs'}")
-
-
 def up() -> int:
     """Run the demo; leaves everything running."""
     cluster = LocalCluster(say=say)
@@ -80,9 +71,10 @@ def up() -> int:
     kc = str(cluster.kubeconfig)
     say("installing the deepserve Helm chart into deepserve-system")
     helm_install(kc, {"replicaCount": 1, "persistence": {"enabled": False},
-                      "operator": {"peering": {"enabled": False}}})
+                      "operator": {"peering": {"enabled": False}}, "gateway": {"enabled": True}})
     sa = json.loads(kubectl(cluster, "get", "sa", "-n", "deepserve-system", "-l",
-                            "app.kubernetes.io/instance=deepserve", "-o", "json"))["items"][0]["metadata"]["name"]
+                            "app.kubernetes.io/instance=deepserve,app.kubernetes.io/component=operator",
+                            "-o", "json"))["items"][0]["metadata"]["name"]
     work = cluster.state_dir / "demo"
     work.mkdir(parents=True, exist_ok=True)
     stack = Stack(admin_kubeconfig=kc, work_dir=work, service_account=sa)
@@ -90,18 +82,32 @@ def up() -> int:
     stack.start_billing()
     stack.start_operator()
     stack.start_runner()
+    door = FrontDoor(kc, work, stack.billing_url, work / "billing-token")
+    say("starting the gateway (as the chart's gateway ServiceAccount)")
+    door.start_gateway()
     pids_file(cluster).write_text(json.dumps(
-        {p.name: p.proc.pid for p in (stack.operator, stack.billing, stack.runner) if p}))
+        {p.name: p.proc.pid for p in (stack.operator, stack.billing, stack.runner, door.gateway) if p}))
     say("applying GPU node pool prices and the sample model (examples/01-tiny-model.yaml)")
     kubectl(cluster, "apply", "-f", str(REPO_ROOT / "examples" / "05-gpu-node-pool.yaml"))
     run_tool("kubectl", "create", "namespace", NAMESPACE, kubeconfig=kc, check=False)
     kubectl(cluster, "apply", "-n", NAMESPACE, "-f", str(REPO_ROOT / "examples" / "01-tiny-model.yaml"))
-    say("waiting for the model to become Ready (the runner starts a real Triton per engine pod)")
-    status = wait_ready(cluster, stack)
-    pods = json.loads(kubectl(cluster, "get", "pods", "-n", NAMESPACE, "-l", f"deepserve.io/model={MODEL}",
-                              "-o", "json"))["items"]
-    ip = next(p["status"]["podIP"] for p in pods if p["status"].get("podIP"))
-    return _finish(cluster, stack, status, ip)
+    say("waiting for the current rollout to be Ready (the runner starts a real Triton per engine pod)")
+    kube = Kube.from_kubeconfig(kc)
+
+    def alive() -> None:
+        for p in (stack.operator, stack.billing, stack.runner, door.gateway):
+            if p is not None and not p.alive():
+                raise StackError(f"{p.name} exited:\n{p.tail()}")
+
+    status, ips = wait_current_rollout(kube, NAMESPACE, MODEL, timeout=300, say=say, check_alive=alive)
+    code = _finish(cluster, stack, status, ips[0])
+    if pod_frontend_up(ips[0]):
+        front_door(kube, door, stack)
+    else:
+        say(f"the engine pod at {ips[0]} serves no OpenAI frontend on :9000 in this build, so the "
+            "gateway step (tenant, key, openai client, tenant bill) is skipped")
+    kube.close()
+    return code
 
 
 def _generate(ip: str, prompt: str, max_tokens: int, request_id: str) -> dict[str, Any]:
@@ -145,6 +151,41 @@ deepserve is running on the local cluster. Keep exploring:
 Stop everything: make demo-down
 """)
     return 0
+
+
+def front_door(kube: Kube, door: FrontDoor, stack: Stack) -> None:
+    """Tenant + key (CLI), calls through the gateway (openai client), the tenant's bill in money."""
+    from datetime import UTC, datetime
+
+    say(f"creating Tenant {TENANT} (plan: models in namespace {NAMESPACE}, 600 req/min, 100 USD/month) "
+        "and an API key with `deepserve keys create`")
+    key = door.create_tenant(kube, TENANT, [NAMESPACE])
+    print(f"    key {key[:16]}... (printed once by the CLI; only its salted hash is stored)")
+    door.set_prices(stack.ledger)
+    month = datetime.now(UTC).strftime("%Y-%m")
+    before, currency = door.spend(TENANT, month)
+    model = f"{NAMESPACE}/{MODEL}"
+    say(f"calling {model} through the gateway at {door.url} with the openai client")
+    calls: list[CallResult] = []
+    for i, prompt in enumerate(PROMPTS):
+        stream = i % 2 == 1
+        print(f"    [{'stream' if stream else 'whole '}] {prompt!r} -> ", end="", flush=True)
+        echo = (lambda t: print(t, end="", flush=True)) if stream else (lambda _t: None)
+        result = call_through_gateway(door.url, key, model, prompt, stream=stream, echo=echo)
+        if not stream:
+            print(repr(result.text), end="")
+        print(f"  ({result.prompt_tokens} prompt + {result.completion_tokens} generated tokens)")
+        calls.append(result)
+    want = before + expected_cost(calls)
+    say(f"{TENANT}'s bill (token prices: 150 USD per 1M prompt, 600 per 1M generated, 0.0001 per request)")
+    amount = before
+    for _ in range(60):
+        amount, currency = door.spend(TENANT, month)
+        if amount >= want:
+            break
+        time.sleep(1)
+    verdict = "matches the usage the gateway saw" if amount == want else f"expected {want}"
+    print(f"    {TENANT} month-to-date {month}: {amount} {currency} ({verdict})")
 
 
 def main(argv: list[str] | None = None) -> int:
