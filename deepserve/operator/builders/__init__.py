@@ -13,6 +13,7 @@ from deepserve.operator.builders.context import (
     labels,
 )
 from deepserve.operator.builders.deployment import build_deployment
+from deepserve.operator.builders.leaderworkerset import build_workload
 from deepserve.operator.builders.networking import (
     build_httproute,
     build_model_service,
@@ -28,7 +29,7 @@ def build_children(ctx: BuildContext) -> list[dict[str, Any]]:
     for v in ctx.spec.versions:
         out.append(build_repository_configmap(ctx, v.name))
     for v in ctx.spec.versions:
-        out.append(build_deployment(ctx, v.name))
+        out.append(build_workload(ctx, v.name))  # a LeaderWorkerSet when it spans nodes
         out.append(build_version_service(ctx, v.name))
         out.append(build_pdb(ctx, v.name))
     out.append(build_model_service(ctx))

@@ -35,6 +35,8 @@ class Settings:
     engine_runner: str = ""
     # Controller: carry out the autoscaler's status.scaling.suggestedPool (--allow-pool-move)
     allow_pool_move: bool = False
+    # The LeaderWorkerSet API is installed: multi-node replicas can be served
+    leaderworkerset: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class ChosenPlacement:
     precision: str
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, str], ...] = ()
+    pipeline_parallel: int = 1
+    nodes_per_replica: int = 1  # > 1: served as a LeaderWorkerSet (builders.leaderworkerset)
 
 
 @dataclass(frozen=True)

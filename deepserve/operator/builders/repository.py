@@ -69,6 +69,7 @@ def engine_options(ctx: BuildContext, version: Version) -> EngineOptions:
         prefix_cache_mib=e.prefix_cache_mib,
         host_cache_mib=e.host_cache_mib,
         tensor_parallel=ctx.placement.tensor_parallel,
+        pipeline_parallel=ctx.placement.pipeline_parallel,
         max_queue_delay_us=e.max_queue_delay_us,
         usage_spool_dir=USAGE_SPOOL,
         usage_endpoint=ctx.settings.usage_endpoint,

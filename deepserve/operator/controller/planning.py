@@ -85,6 +85,8 @@ def _chosen(c: Any, pool: Any, spec: InferenceModelSpec, tolerations: Toleration
         tensor_parallel=int(spec.engine.tensor_parallel or c.tensor_parallel), precision=c.precision,
         node_selector=dict(c.node_selector or getattr(pool, "node_selector", {}) or {}),
         tolerations=tolerations.get(c.pool, ()),
+        pipeline_parallel=max(int(getattr(c, "pipeline_parallel", 1)), int(spec.engine.pipeline_parallel or 1)),
+        nodes_per_replica=int(getattr(c, "nodes_per_replica", 1)),
     )
 
 
@@ -126,6 +128,8 @@ def kept_placement(previous: dict[str, Any], pools: list[Any], tolerations: Tole
         gpus_per_replica=int(previous.get("gpusPerReplica", 1)),
         tensor_parallel=int(previous.get("tensorParallel", 1)), precision=previous.get("precision", "auto"),
         node_selector=dict(offer.node_selector), tolerations=tolerations.get(pool_name, ()),
+        pipeline_parallel=int(previous.get("pipelineParallel", 1)),
+        nodes_per_replica=int(previous.get("nodesPerReplica", 1)),
     )
     estimates: dict[str, Any] = {k: previous[k] for k in ("memoryGiBPerGpu", "decodeTokensPerSecond", "prefillTokensPerSecond",
                                           "timeToFirstTokenMs", "costPerMillionTokens", "currency")

@@ -18,6 +18,7 @@ from deepserve.operator.api.crds import API_VERSION
 from deepserve.operator.api.schema_check import SpecError
 from deepserve.operator.api.views import InferenceModelSpec
 from deepserve.operator.builders import BuildContext, ModelRef, Settings, build_children
+from deepserve.operator.builders.leaderworkerset import choose_workload, lws_missing_reason
 from deepserve.operator.controller.observed import ChildRef, DeploymentState, PodState, marker_of
 from deepserve.operator.controller.planning import PlanOutcome, plan
 from deepserve.operator.controller.status import StatusInputs, compute_status
@@ -158,6 +159,9 @@ def decide(model: dict[str, Any], pools: list[Any], settings: Settings,
     replicas = split_replicas(total, {v.name: v.weight for v in spec.versions})
     if outcome.chosen is None:
         return Decision(spec, None, outcome, replicas, total, ())
+    if choose_workload(outcome.chosen) == "LeaderWorkerSet" and not settings.leaderworkerset:
+        unserved = dataclasses.replace(outcome, chosen=None, reason=lws_missing_reason(outcome.chosen))
+        return Decision(spec, None, unserved, replicas, total, ())
     ctx = BuildContext(ModelRef(md["name"], md["namespace"], md["uid"]), spec, outcome.chosen, settings, replicas)
     return Decision(spec, None, outcome, replicas, total, tuple(build_children(ctx)))
 

@@ -69,6 +69,8 @@ def _placement_status(plan: PlanOutcome) -> dict[str, Any]:
         c = plan.chosen
         out.update(pool=c.pool, acceleratorId=c.accelerator_id, gpusPerReplica=c.gpus_per_replica,
                    tensorParallel=c.tensor_parallel, precision=c.precision)
+        if c.nodes_per_replica > 1 or c.pipeline_parallel > 1:  # builders.leaderworkerset
+            out.update(pipelineParallel=c.pipeline_parallel, nodesPerReplica=c.nodes_per_replica)
         out.update(plan.estimates)
     if plan.rejected:
         out["rejected"] = [{"pool": p, "reason": r[:1000]} for p, r in plan.rejected]
