@@ -117,6 +117,17 @@ def _gateway_api(kubeconfig: str | None, mode: str) -> bool:
         kube.close()
 
 
+def _leaderworkerset_api(kubeconfig: str | None) -> bool:
+    """Whether the LeaderWorkerSet API is served (multi-node replicas; checked at start)."""
+    from deepserve.operator.kube import Kube
+
+    kube = Kube.from_kubeconfig(kubeconfig)
+    try:
+        return kube.has_kind("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
+    finally:
+        kube.close()
+
+
 def _limit_malloc_arenas() -> None:
     """Cap glibc malloc arenas: with many worker threads, per-thread arenas keep freed
     memory and the resident size grows far beyond what Python holds."""
@@ -154,7 +165,8 @@ def _run(args: argparse.Namespace) -> int:
     parent = tuple(args.gateway.split("/", 1)) if args.gateway else None
     settings = Settings(engine_image=args.engine_image, usage_endpoint=args.usage_endpoint,
                         gateway_api=gateway_api, gateway_parent=parent,
-                        engine_runner=args.engine_runner, allow_pool_move=args.allow_pool_move)  # type: ignore[arg-type]
+                        engine_runner=args.engine_runner, allow_pool_move=args.allow_pool_move,  # type: ignore[arg-type]
+                        leaderworkerset=_leaderworkerset_api(args.kubeconfig))
     autoscaler = AutoscalerOptions(tick_s=args.autoscale_tick, manual_hold_s=args.manual_hold,
                                    allow_pool_move=args.allow_pool_move,
                                    activators=activators) if args.autoscale_tick > 0 else None

@@ -63,6 +63,7 @@ MODELS = (GROUP, VERSION, "inferencemodels")
 CHILD_KINDS = {"configmaps": ("", "v1"), "services": ("", "v1"), "deployments": ("apps", "v1"),
                "poddisruptionbudgets": ("policy", "v1")}
 ROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
+LEADERWORKERSETS = ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")  # multi-node replicas
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,8 @@ def observe(model: dict[str, Any], indexes: dict[str, Any], state: ControllerSta
     """
     key = (model["metadata"]["namespace"], model["metadata"]["name"])
     children = {}
-    for name in ("ds_configmaps", "ds_services", "ds_deployments", "ds_poddisruptionbudgets", "ds_httproutes"):
+    for name in ("ds_configmaps", "ds_services", "ds_deployments", "ds_poddisruptionbudgets", "ds_httproutes",
+                 "ds_leaderworkersets"):
         idx = indexes.get(name)
         for ref in (idx.get(key, []) if idx else []):
             children[ref.key] = ref
@@ -417,6 +419,10 @@ def register(registry: kopf.OperatorRegistry, options: OperatorOptions, gateway_
     if gateway_api:
         _index(registry, ROUTES, "ds_httproutes", _index_child, MANAGED)
         kopf.on.event(*ROUTES, registry=registry, labels=MANAGED, id="ds_owned_httproutes")(_owned_event)
+    if options.settings.leaderworkerset:
+        _index(registry, LEADERWORKERSETS, "ds_leaderworkersets", _index_child, MANAGED)
+        kopf.on.event(*LEADERWORKERSETS, registry=registry, labels=MANAGED,
+                      id="ds_owned_leaderworkersets")(_owned_event)
     _index(registry, ("apps", "v1", "deployments"), "ds_deployment_states", _index_deployment_state, MANAGED)
     _index(registry, ("", "v1", "pods"), "ds_model_pods", _index_model_pod, MANAGED)
     kopf.on.event("", "v1", "pods", registry=registry, labels=MANAGED, id="ds_owned_pods")(_owned_event)

@@ -31,6 +31,7 @@ WORKLOAD_RULES = {
     ("", "configmaps"): CRUD,
     ("policy", "poddisruptionbudgets"): CRUD,
     ("gateway.networking.k8s.io", "httproutes"): CRUD,
+    ("leaderworkerset.x-k8s.io", "leaderworkersets"): CRUD,
     ("", "pods"): READ,
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
