@@ -119,7 +119,7 @@ def _decode_object(body: bytes) -> dict[str, Any]:
         )
     try:
         obj = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise _bad(f"request body is not valid JSON: {exc}", None) from exc
     if not isinstance(obj, dict):
         raise _bad("request body must be a JSON object", None)

@@ -31,6 +31,9 @@ from deepserve.engine.options import EngineOptions
 from deepserve.engine.parallel.launcher import launch_replica, stop_serving_process
 from deepserve.engine.runtime import GenerationChunk, InferenceEngine
 from deepserve.engine.sampling import InvalidRequestError
+from deepserve.engine.sources import resolve_model_dir
+from deepserve.engine.triton.chat_template import MESSAGES_FIELD, ChatTemplate
+from deepserve.engine.triton.load import EngineLoad
 from deepserve.engine.triton.metrics import EngineMetrics
 from deepserve.engine.triton.protocol import INPUTS
 from deepserve.engine.triton.repository import read_options_from_config
@@ -38,6 +41,7 @@ from deepserve.engine.triton.requests import ParsedRequest, parse_request
 from deepserve.engine.triton.usage_recorder import UsageRecorder
 
 log = logging.getLogger("deepserve.engine.triton.backend")
+LOAD_PERIOD_S = 0.25
 
 
 class TritonPythonModel:
@@ -60,6 +64,12 @@ class TritonPythonModel:
         self.engine = self.replica.engine
         self.metrics = EngineMetrics(pb_utils, self.model_name, self.version, self.engine.precision)
         self.usage = UsageRecorder.from_options(self.options, self.model_name, self.version)
+        self.chat = self._chat_template()
+        self.load = EngineLoad(self.engine.slots * self.engine.max_seq_len)
+        self._load_stop = threading.Event()
+        self._load_thread = threading.Thread(target=self._publish_load, name="deepserve-load",
+                                             daemon=True)
+        self._load_thread.start()
         self._outbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._sender = threading.Thread(target=self._send_loop, name="deepserve-sender", daemon=True)
         self._sender.start()
@@ -86,6 +96,30 @@ class TritonPythonModel:
                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 
+    def _chat_template(self) -> ChatTemplate | None:
+        try:  # the engine has resolved the source already: this finds its local copy
+            return ChatTemplate.from_model_dir(resolve_model_dir(self.options.model_dir))
+        except Exception:  # chat is refused (400) rather than the model failing to load
+            log.warning("no chat template: cannot read tokenizer_config.json", exc_info=True)
+            return None
+
+    def _publish_load(self) -> None:
+        """Set the load gauges a few times a second (each set is an IPC call to the server)."""
+        while not self._load_stop.wait(LOAD_PERIOD_S):
+            self.metrics.load(self.load.snapshot())
+
+    def _prompt(self, parsed: ParsedRequest) -> str:
+        if parsed.messages is None:
+            return parsed.prompt
+        if self.chat is None:
+            raise InvalidRequestError(MESSAGES_FIELD, "this model has no chat template")
+        try:
+            return self.chat.render(parsed.messages)
+        except InvalidRequestError:
+            raise
+        except Exception as exc:  # a template error is the template's, not the caller's
+            raise InvalidRequestError(MESSAGES_FIELD, f"the chat template failed: {exc}") from exc
+
     def _send_loop(self) -> None:
         """Build and send queued responses in order until the ``None`` sentinel."""
         while (job := self._outbox.get()) is not None:
@@ -96,8 +130,14 @@ class TritonPythonModel:
 
     def _submit(self, request_id: str, parsed: ParsedRequest, sender: Any) -> None:
         pieces: list[str] = []
+        prompt = self._prompt(parsed)
+        key = uuid.uuid4().hex  # request ids come from clients and may repeat
 
         def on_chunk(chunk: GenerationChunk) -> None:  # engine thread: queue, never block
+            if chunk.finished:
+                self.load.finished(key)
+            else:
+                self.load.progressed(key, chunk.prompt_tokens, chunk.generated_tokens)
             if not chunk.finished:
                 if parsed.stream:
                     self._outbox.put(lambda: sender.send(self._response(chunk, chunk.text)))
@@ -107,8 +147,13 @@ class TritonPythonModel:
             text = "".join(pieces) + chunk.text
             self._outbox.put(lambda: self._finish(chunk, parsed, sender, text))
 
-        self.engine.submit(parsed.prompt, parsed.params, request_id=request_id,
-                           on_chunk=on_chunk, is_cancelled=sender.is_cancelled)
+        self.load.submitted(key)
+        try:
+            self.engine.submit(prompt, parsed.params, request_id=request_id,
+                               on_chunk=on_chunk, is_cancelled=sender.is_cancelled)
+        except BaseException:
+            self.load.finished(key)
+            raise
 
     def _finish(self, chunk: GenerationChunk, parsed: ParsedRequest, sender: Any, text: str) -> None:
         final_text = chunk.text if parsed.stream else text
@@ -144,6 +189,7 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         """Cancel pending requests, stop the engine and flush usage (graceful drain)."""
+        self._load_stop.set()
         self.engine.stop(cancel_pending=True)
         self.replica.close()  # the other ranks, after the engine's last step
         self._outbox.put(None)  # after the engine's last chunk: everything queued is sent

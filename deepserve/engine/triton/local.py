@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -111,12 +112,34 @@ def free_port(host: str = "127.0.0.1") -> int:
 #: are never for tenants. See tritonserver --help (--http-restricted-api).
 RESTRICTED_APIS = "model-repository,logging,trace,shared-memory"
 ADMIN_KEY_HEADER = "deepserve-triton-admin-key"
+#: Triton's HTTP inference API (``/generate``, ``/infer``) can be put behind the key too
+#: (``restrict_http_inference``): the restriction is checked before the body is parsed.
+HTTP_INFERENCE_API = "inference"
+#: Triton parses HTTP JSON bodies with a recursive parser: with the usual 8 MiB stack a body
+#: nested ~110k levels deep (220 kB of "[") overflows an HTTP thread's stack and the server
+#: dies with SIGSEGV. Threads take their stack size from RLIMIT_STACK, so tritonserver starts
+#: with 1 GiB (address space; pages are touched only as deep as a request goes): the ceiling
+#: rises to ~14M levels, above any body the gateway (16 MiB) or the frontend (1 MiB) forwards.
+#: See docs/engine.md "Request bodies".
+TRITON_STACK_BYTES = 1 << 30
 
 
-def restricted_api_args(admin_key: str) -> list[str]:
-    """tritonserver flags that refuse the admin APIs unless ``ADMIN_KEY_HEADER`` carries ``admin_key``."""
-    setting = f"{RESTRICTED_APIS}:{ADMIN_KEY_HEADER}={admin_key}"
-    return [f"--http-restricted-api={setting}", f"--grpc-restricted-protocol={setting}"]
+def raise_stack_limit() -> None:
+    """Set this process's soft stack limit to ``TRITON_STACK_BYTES`` (capped by the hard one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    want = TRITON_STACK_BYTES if hard == resource.RLIM_INFINITY else min(TRITON_STACK_BYTES, hard)
+    if soft == resource.RLIM_INFINITY or soft < want:
+        resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
+
+
+def restricted_api_args(admin_key: str, *, http_inference: bool = False) -> list[str]:
+    """tritonserver flags that refuse the admin APIs unless ``ADMIN_KEY_HEADER`` carries ``admin_key``.
+
+    ``http_inference`` restricts HTTP inference as well (gRPC inference stays open).
+    """
+    apis = f"{RESTRICTED_APIS},{HTTP_INFERENCE_API}" if http_inference else RESTRICTED_APIS
+    key = f"{ADMIN_KEY_HEADER}={admin_key}"
+    return [f"--http-restricted-api={apis}:{key}", f"--grpc-restricted-protocol={RESTRICTED_APIS}:{key}"]
 
 
 class LocalTriton:
@@ -124,7 +147,8 @@ class LocalTriton:
 
     Ports default to free ports on ``host``. Use as a context manager, or call
     :meth:`start`, :meth:`wait_ready` and :meth:`stop`. ``env`` adds variables for the
-    server and the Python backend stubs it starts.
+    server and the Python backend stubs it starts; ``restrict_http_inference`` puts HTTP
+    inference behind the admin key as in a pod.
     """
 
     def __init__(
@@ -138,6 +162,7 @@ class LocalTriton:
         log_verbose: int = 0,
         env: dict[str, str] | None = None,
         log_path: str | Path | None = None,
+        restrict_http_inference: bool = False,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.host = host
@@ -159,6 +184,7 @@ class LocalTriton:
         self._log_file: object | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.admin_key = secrets.token_hex(16)
+        self.restrict_http_inference = restrict_http_inference
 
     @property
     def http_url(self) -> str:
@@ -222,7 +248,7 @@ class LocalTriton:
             "--allow-vertex-ai=false",
             f"--log-verbose={self.log_verbose}",
             "--exit-timeout-secs=30",
-            *restricted_api_args(self.admin_key),
+            *restricted_api_args(self.admin_key, http_inference=self.restrict_http_inference),
         ]
 
     def start(self) -> None:
@@ -239,7 +265,8 @@ class LocalTriton:
         log.info("starting tritonserver on %s (http %d, grpc %d, metrics %d)",
                  self.host, self.http_port, self.grpc_port, self.metrics_port)
         self.process = subprocess.Popen(
-            cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=raise_stack_limit,
         )
 
     def log_tail(self, lines: int = 40) -> str:

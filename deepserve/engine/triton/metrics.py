@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from deepserve.engine.runtime import RequestStats
+from deepserve.engine.triton.load import LoadSnapshot
 
 TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 TPOT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
@@ -43,10 +44,26 @@ class EngineMetrics:
         info = self._families[-1].Metric(labels=labels)
         info.set(1)
         self._info = info
+        self._queued, self._running, self._kv = (
+            self._gauge(pb, name, doc) for name, doc in (
+                ("deepserve_requests_queued", "Requests waiting for a cache slot"),
+                ("deepserve_requests_running", "Requests being decoded"),
+                ("deepserve_kv_cache_usage_ratio", "Fraction of the KV cache held by running requests")))
         self.ttft = self._histogram(pb, "deepserve_time_to_first_token_seconds",
                                     "Time to first token", TTFT_BUCKETS)
         self.tpot = self._histogram(pb, "deepserve_time_per_output_token_seconds",
                                     "Mean time per output token after the first", TPOT_BUCKETS)
+
+    def _gauge(self, pb: Any, name: str, doc: str) -> Any:
+        family = pb.MetricFamily
+        self._families.append(family(name=name, description=doc, kind=family.GAUGE))
+        return self._families[-1].Metric(labels=self._labels)
+
+    def load(self, snapshot: LoadSnapshot) -> None:
+        """Publish the engine's load (read by the pod frontend's inference-gateway gauges)."""
+        self._queued.set(snapshot.queued)
+        self._running.set(snapshot.running)
+        self._kv.set(snapshot.kv_cache_usage)
 
     def _histogram(self, pb: Any, name: str, doc: str, buckets: list[float]) -> Any:
         family = pb.MetricFamily

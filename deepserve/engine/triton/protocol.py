@@ -23,7 +23,9 @@ class TensorSpec:
 
 
 INPUTS: tuple[TensorSpec, ...] = (
-    TensorSpec("text_input", "TYPE_STRING", (1,), False, "prompt text (UTF-8)"),
+    TensorSpec("text_input", "TYPE_STRING", (1,), True, "prompt text (UTF-8); this or chat_messages"),
+    TensorSpec("chat_messages", "TYPE_STRING", (1,), True,
+               "JSON list of {role, content}, rendered with the model's chat template"),
     TensorSpec("max_tokens", "TYPE_INT32", (1,), True, "most tokens to generate (default 16)"),
     TensorSpec("temperature", "TYPE_FP32", (1,), True, "0 = greedy (default), else sampling"),
     TensorSpec("top_k", "TYPE_INT32", (1,), True, "keep the k most likely tokens; 0 = off"),

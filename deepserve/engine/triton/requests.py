@@ -13,12 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepserve.engine.sampling import InvalidRequestError, SamplingParams
+from deepserve.engine.triton.chat_template import MESSAGES_FIELD, parse_messages
 from deepserve.engine.triton.protocol import DEFAULT_MAX_TOKENS, INPUTS
 
 _KIND = {"TYPE_STRING": "string", "TYPE_INT32": "int", "TYPE_INT64": "int",
          "TYPE_FP32": "float", "TYPE_BOOL": "bool"}
 _SPECS = {spec.name: spec for spec in INPUTS}
 MAX_PROMPT_BYTES = 1 << 20
+MAX_STOP_STRINGS, MAX_STOP_BYTES = 16, 1024
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class ParsedRequest:
     params: SamplingParams
     stream: bool
     tenant: str | None
+    messages: list[dict[str, str]] | None = None  # chat: the prompt is rendered from these
 
 
 def _text(name: str, value: object) -> str:
@@ -64,14 +67,16 @@ def parse_request(inputs: Mapping[str, np.ndarray | None]) -> ParsedRequest:
     unknown = sorted(set(inputs) - set(_SPECS))
     if unknown:
         raise InvalidRequestError(unknown[0], "unknown input")
-    raw = inputs.get("text_input")
-    if raw is None:
-        raise InvalidRequestError("text_input", "is required")
-    prompt = str(_scalar("text_input", raw))
-    if not prompt.strip():
-        raise InvalidRequestError("text_input", "prompt must not be empty")
+    raw, raw_chat = inputs.get("text_input"), inputs.get(MESSAGES_FIELD)
+    if (raw is None) == (raw_chat is None):
+        raise InvalidRequestError("text_input", f"give exactly one of text_input and {MESSAGES_FIELD}")
+    name = "text_input" if raw is not None else MESSAGES_FIELD
+    prompt = str(_scalar(name, raw if raw is not None else raw_chat))  # type: ignore[arg-type]
     if len(prompt.encode("utf-8")) > MAX_PROMPT_BYTES:
-        raise InvalidRequestError("text_input", f"prompt is larger than {MAX_PROMPT_BYTES} bytes")
+        raise InvalidRequestError(name, f"is larger than {MAX_PROMPT_BYTES} bytes")
+    messages = parse_messages(prompt) if raw_chat is not None else None
+    if messages is None and not prompt.strip():
+        raise InvalidRequestError("text_input", "prompt must not be empty")
 
     def get(name: str, default: object) -> object:
         array = inputs.get(name)
@@ -81,6 +86,9 @@ def parse_request(inputs: Mapping[str, np.ndarray | None]) -> ParsedRequest:
     stop: tuple[str, ...] = ()
     if stop_array is not None:
         stop = tuple(_text("stop", v) for v in np.asarray(stop_array).reshape(-1))
+        if len(stop) > MAX_STOP_STRINGS or any(len(s.encode()) > MAX_STOP_BYTES for s in stop):
+            raise InvalidRequestError(
+                "stop", f"at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_BYTES} bytes")
     tenant = str(get("tenant", "")) or None
     if tenant is not None and (len(tenant) > 128 or not tenant.isprintable()):
         raise InvalidRequestError("tenant", "must be at most 128 printable characters")
@@ -93,4 +101,5 @@ def parse_request(inputs: Mapping[str, np.ndarray | None]) -> ParsedRequest:
         seed=None if seed is None else int(seed),  # type: ignore[call-overload]
         stop=stop,
     )
-    return ParsedRequest(prompt, params, bool(get("stream", True)), tenant)
+    return ParsedRequest("" if messages else prompt, params, bool(get("stream", True)), tenant,
+                         messages)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deepserve.engine.triton.local import ADMIN_KEY_HEADER, RESTRICTED_APIS
+from deepserve.engine.triton.local import ADMIN_KEY_HEADER, RESTRICTED_APIS, TRITON_STACK_BYTES
 from deepserve.operator.builders.context import (
     ANNOTATION_CONFIG_HASH,
     CACHE_DIR,
@@ -41,9 +41,12 @@ def termination_grace_seconds(drain_s: int, exit_timeout_s: int) -> int:
 
 # Starts tritonserver with its admin APIs (model loading, logging, trace, shared memory)
 # behind a key drawn from /dev/urandom at container start: the key is in no manifest, Secret,
-# env var or log, so nothing outside the Triton process can use those APIs. "$@" is the
-# container's args (triton_args); $0 is "tritonserver".
+# env var or log, so nothing outside the Triton process can use those APIs. The stack limit
+# is raised first: Triton's HTTP JSON parser recurses per nesting level and its threads take
+# their stack size from it (docs/engine.md "Request bodies"). "$@" is the container's args
+# (triton_args); $0 is "tritonserver".
 TRITON_LAUNCH = (
+    f"ulimit -s {TRITON_STACK_BYTES // 1024} || echo 'deepserve: cannot raise the stack limit' >&2; "
     "key=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n'); "
     f'setting="{RESTRICTED_APIS}:{ADMIN_KEY_HEADER}=$key"; '
     'exec tritonserver "$@" --http-restricted-api="$setting" --grpc-restricted-protocol="$setting"'

@@ -41,6 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve.add_argument("--usage-spool-dir", default="")
     serve.set_defaults(func=cmd_serve)
 
+    front = sub.add_parser("openai-frontend", help="serve OpenAI Completions/Chat on a Triton (the pod frontend)")
+    front.add_argument("--model", required=True, help="Triton model name (also the OpenAI model id)")
+    front.add_argument("--triton-grpc", default="127.0.0.1:8001", help="Triton gRPC host:port")
+    front.add_argument("--triton-metrics", default="http://127.0.0.1:8002/metrics")
+    front.add_argument("--host", default="127.0.0.1", help="bind address")
+    front.add_argument("--port", type=int, default=9000)
+    front.set_defaults(func=cmd_openai_frontend)
+
     gen = sub.add_parser("generate", help="generate text in-process, or from a server (--server)")
     gen.add_argument("--model", help="HF checkpoint directory (in-process)")
     gen.add_argument("--server", help="gRPC address of a running server, e.g. 127.0.0.1:8001")
@@ -53,6 +61,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--stop", action="append", default=[])
     gen.set_defaults(func=cmd_generate)
+
+    from deepserve.operator.commands.engine_fetch import register_fetch
+
+    register_fetch(sub)
+
+
+def cmd_openai_frontend(args: argparse.Namespace) -> int:
+    """Run the pod's OpenAI frontend until SIGTERM."""
+    from deepserve.engine.openai_frontend.serve import run
+
+    return run(args.triton_grpc, args.triton_metrics, args.model, args.host, args.port)
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:

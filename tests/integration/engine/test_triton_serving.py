@@ -225,3 +225,19 @@ def test_grpc_repository_index_needs_the_admin_key(served: dict[str, Any]) -> No
         client.get_model_repository_index(headers={header: "not-the-key"})
     index = client.get_model_repository_index(headers={header: server.admin_key})
     assert MODEL in {m.name for m in index.models}
+
+
+def test_deeply_nested_json_does_not_crash_the_server(served: dict[str, Any]) -> None:
+    # With the default 8 MiB stack ~110k levels killed tritonserver (SIGSEGV in its recursive
+    # JSON parser); LocalTriton raises the stack limit as the pod's launch command does.
+    server: LocalTriton = served["server"]
+    depth = 1_000_000  # a 2 MB body, nine times the old crash depth
+    body = b'{"text_input": "hi", "max_tokens": 2, "stream": false, "pad": ' + b"[" * depth + b"]" * depth + b"}"
+    req = urllib.request.Request(f"http://{server.http_url}/v2/models/{MODEL}/generate", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=60)
+    assert refused.value.code == 400 and b"pad" in refused.value.read()
+    assert server.process is not None and server.process.poll() is None
+    status, text = _post(server, "generate", {"text_input": "hi", "max_tokens": 2, "stream": False})
+    assert status == 200 and json.loads(text)["text_output"] == _expected(served, "hi", 2)
