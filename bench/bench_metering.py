@@ -15,6 +15,12 @@
    HTTP cycles (one asyncio server process, N endpoint paths, ``scrape_many``). Goal <= 1 s
    for 1,000.
 3. FOCUS export of 1M events (plus CloudEvents for comparison). Goal <= 10 s.
+4. ``--only scale``: JSON wire ingest (``ingest_json``, ``synchronous=FULL``) measured
+   ``--runs`` times on a ledger already holding ``--ledger-events`` (1M) events, each run
+   adding ``--events`` more, against the same measurement on an empty ledger in the same
+   process (the ratio); then the peak RSS of exports of that ledger (FOCUS aligned and
+   unaligned, CloudEvents) to a file, each in a fresh child process, against a child
+   that only opens the ledger. Goals: >= 100k events/CPU-s; export <= 500 MiB RSS.
 """
 
 from __future__ import annotations
@@ -241,12 +247,123 @@ def bench_export(n: int, tmp: Path) -> None:
               f"{time.perf_counter() - t:6.2f} s, {records:,} rows")
 
 
+def wire_bodies(n: int, offset: int, batch: int = 1000) -> list[bytes]:
+    """JSON wire batches of make_events' events, built without UsageEvent objects."""
+    import msgspec
+
+    from deepserve.engine.usage import format_time, make_event_id
+    bodies = []
+    for b in range(offset, offset + n, batch):
+        events = []
+        for i in range(b, min(b + batch, offset + n)):
+            start = T0 + timedelta(seconds=(i * 7919) % 86_400, microseconds=i % 1_000_000)
+            ns, model, ver, rid = f"team-{i % 5}", f"model-{i % 12}", f"v{i % 2}", f"req-{i}"
+            events.append({
+                "event_id": make_event_id(ns, model, ver, rid), "model": model, "version": ver,
+                "namespace": ns, "account": f"acct-{i % 40}", "request_id": rid,
+                "prompt_tokens": 50 + i % 900, "generated_tokens": i % 700,
+                "compute_ms": 12.5 + i % 50, "precision": "bf16",
+                "started_at": format_time(start),
+                "ended_at": format_time(start + timedelta(milliseconds=200 + i % 3000)),
+                "status": ("ok", "ok", "ok", "cancelled", "error")[i % 5],
+                "tenant": f"t{i % 9}", "ttft_ms": 30.0})
+        bodies.append(msgspec.json.encode({"events": events}))
+    return bodies
+
+
+def _ingest_rate(ledger: UsageLedger, bodies: list[bytes]) -> tuple[float, float]:
+    t, c = time.perf_counter(), time.process_time()
+    for body in bodies:
+        ledger.ingest_json(body)
+    dt, cpu = time.perf_counter() - t, time.process_time() - c
+    n = sum(body.count(b'"event_id"') for body in bodies)
+    return n / cpu, n / dt
+
+
+def _spread(values: list[float], fmt: str = ",.0f") -> str:
+    v = sorted(values)
+    return f"median {v[len(v) // 2]:{fmt}} (range {v[0]:{fmt}}-{v[-1]:{fmt}})"
+
+
+EXPORT_CHILD = """
+import sys, time
+from datetime import UTC, datetime, timedelta
+from deepserve.operator.metering import UsageLedger, export
+t0 = datetime(2026, 11, 1, tzinfo=UTC)
+fmt, unaligned = sys.argv[2], sys.argv[3] == "1"
+with UsageLedger(sys.argv[1]) as ledger, open(sys.argv[4], "w") as out:
+    start = t0 + timedelta(seconds=1) if unaligned else t0
+    t = time.perf_counter()
+    n = export(ledger, fmt, start, t0 + timedelta(days=2), out) if fmt != "none" else 0
+    dt = time.perf_counter() - t
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a child would report its
+# parent's peak; VmHWM is this process image's own peak resident set.
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(n, dt, hwm / 1024)
+"""
+
+
+def bench_scale(ledger_events: int, n: int, runs: int, tmp: Path, ingest: bool = True) -> None:
+    print(f"== ingest at scale: JSON wire batches of 1,000, synchronous=FULL, {runs} runs of "
+          f"{n:,} events on a ledger of {ledger_events:,} ==")
+    path = tmp / "scale.db"
+    t = time.perf_counter()
+    with UsageLedger(path, synchronous="NORMAL") as ledger:
+        for offset in range(0, ledger_events, 100_000):
+            for body in wire_bodies(min(100_000, ledger_events - offset), offset, 5000):
+                ledger.ingest_json(body)
+        assert ledger.event_count() == ledger_events
+    print(f"   (filling took {time.perf_counter() - t:.0f} s; ledger file "
+          f"{path.stat().st_size / 2**20:,.0f} MiB)", flush=True)
+    empty_cpu: list[float] = []
+    scaled_cpu: list[float] = []
+    scaled_wall: list[float] = []
+    for run in range(runs if ingest else 0):
+        bodies = wire_bodies(n, 10_000_000 * (run + 1))
+        with UsageLedger(tmp / f"empty-{run}.db") as ledger:
+            empty_cpu.append(_ingest_rate(ledger, bodies)[0])
+        bodies = wire_bodies(n, 20_000_000 * (run + 1))
+        with UsageLedger(path) as ledger:
+            cpu_rate, wall_rate = _ingest_rate(ledger, bodies)
+            scaled_cpu.append(cpu_rate)
+            scaled_wall.append(wall_rate)
+        print(f"   run {run + 1}: empty ledger {empty_cpu[-1]:>9,.0f} events/CPU-s; "
+              f"ledger of {ledger_events + run * n:,}: {cpu_rate:>9,.0f} events/CPU-s, "
+              f"{wall_rate:>9,.0f} events/s wall", flush=True)
+    if ingest:
+        print(f"   empty ledger:  {_spread(empty_cpu)} events/CPU-s")
+        print(f"   at {ledger_events:,}+: {_spread(scaled_cpu)} events/CPU-s, "
+              f"{_spread(scaled_wall)} events/s wall; ratio to empty "
+              f"{sorted(scaled_cpu)[runs // 2] / sorted(empty_cpu)[runs // 2]:.2f}")
+    with UsageLedger(path) as ledger:
+        total = ledger.event_count()
+    print(f"== export memory: ledger of {total:,} events, each export in a fresh process ==")
+    for fmt, unaligned in (("none", False), ("focus", False), ("focus", True),
+                           ("cloudevents", False)):
+        rss, secs = [], []
+        records = "0"
+        for _ in range(runs):
+            done = subprocess.run([sys.executable, "-c", EXPORT_CHILD, str(path), fmt,
+                                   "1" if unaligned else "0", str(tmp / "out.txt")],
+                                  capture_output=True, text=True, check=True)
+            records, dt, peak = done.stdout.split()
+            rss.append(float(peak))
+            secs.append(float(dt))
+        label = f"{fmt} {'unaligned' if unaligned else 'aligned'}" if fmt != "none" else \
+            "open the ledger only (baseline)"
+        print(f"   {label:32}: peak RSS {_spread(rss)} MiB, {_spread(secs, '.2f')} s, "
+              f"{int(records):,} records", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--export-events", type=int, default=1_000_000)
     parser.add_argument("--pods", type=int, default=1000)
-    parser.add_argument("--only", default="ingest,scrape,export")
+    parser.add_argument("--only", default="ingest,scrape,export",
+                        help="comma-separated: ingest, scrape, export, scale, scale-export")
+    parser.add_argument("--ledger-events", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--serve-pods", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_pods:
@@ -261,6 +378,9 @@ def main() -> None:
             bench_scrape(args.pods)
         if "export" in only:
             bench_export(args.export_events, Path(d))
+        if "scale" in only or "scale-export" in only:
+            bench_scale(args.ledger_events, args.events, args.runs, Path(d),
+                        ingest="scale" in only)
 
 
 if __name__ == "__main__":

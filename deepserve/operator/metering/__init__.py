@@ -8,7 +8,8 @@ The API the operator's kopf handlers use (all importable from this package)::
     ledger = UsageLedger("/var/lib/deepserve/ledger.db")   # SQLite WAL, migrates itself
     ledger.set_accounts({"acme": "ACME Corp"})              # optional: refuse unknown accounts
     ledger.set_prices(PriceSheet.from_dict(cfg).with_pool_prices(gpu_node_pools), since)
-    server = start_billing_server(ledger, "0.0.0.0", 8090, token)   # POST /v1/usage/events ...
+    server = start_billing_server(ledger, "0.0.0.0", 8090, read_token,  # GET exports, spend
+                                  write_auth=hmac_write_auth(ingest_key))  # POST, per model
     monitor = server.monitor                                # live figures, Prometheus registry
 
     # every resync of an engine pod (timer handler), and once more on deletion:
@@ -22,7 +23,8 @@ The API the operator's kopf handlers use (all importable from this package)::
     status["usage"] = monitor.summary(ns, model)            # figures for the model's status
 
     # exports (the CLI and GET /v1/billing/export use the same functions)
-    export_to_file(ledger, "focus", start, end, "out.csv", account="acme")
+    export_to_file(ledger, "focus", start, end, "out.csv", account="acme")  # or tenant=
+    tenant_spend(ledger, "acme-team", "2026-11").amount  # what the gateway's spend cap reads
     print(reconcile(ledger, start, end).to_text())
 
 Invariants: ingestion is idempotent on the event id; a batch is stored whole or not at all;
