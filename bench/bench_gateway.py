@@ -15,6 +15,11 @@ runs), and this load generator. Per run:
    loop), and the same against the pod direct (the ratio bounds what the client can drive).
 3. Streaming: time to the first SSE event (TTFT), direct and through the gateway, at a
    modest fixed rate; added = gateway minus direct (p50).
+5. With ``--litellm PATH``: chat completions direct, through the gateway and through
+   LiteLLM's proxy (from PyPI, in its own venv; master key only, as its virtual keys and
+   per-key limits need a Postgres database), p50/p99 at ``--lite-rate`` and max req/s.
+4. Fairness: a quiet tenant at 20 req/s, its p99 alone and beside a noisy tenant sending
+   20x its own requests/min limit (600/min, used up first) — its requests are 429s.
 
 Prints median and range (min-max) over ``--runs`` runs. On a shared 2-core machine the
 load generator itself competes for CPU: the figures are an upper bound on the overhead.
@@ -29,12 +34,17 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
 
 KEY = "ds-benchbenchbe-benchsecret"
+NOISY_KEY = "ds-noisynoisyno-noisysecret"
+NOISY_RPM = 600  # 10 req/s; the noisy tenant sends 20x that
 BODY = {"model": "bench/tiny", "prompt": "Say hello to the benchmark, please. " * 4, "max_tokens": 16}
+CHAT = {"model": "bench/tiny", "messages": [{"role": "user", "content": BODY["prompt"]}], "max_tokens": 16}
+LITELLM_KEY = "sk-bench-master"
 
 
 # ---- the two server processes ---------------------------------------------------------
@@ -42,6 +52,7 @@ def serve_pod(port_file: str) -> None:
     """An instant OpenAI pod: JSON completions, or 4 SSE events plus usage."""
     from deepserve.engine.openai_api import (
         DONE_EVENT,
+        chat_response,
         completion_chunk,
         completion_response,
         sse_event,
@@ -61,8 +72,13 @@ def serve_pod(port_file: str) -> None:
         await out.write(DONE_EVENT)
         return out
 
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response(chat_response("b", body["model"], "hi there", "stop", 40, 2))
+
     app = web.Application()
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat)
     asyncio.run(_serve_forever(app, port_file))
 
 
@@ -75,14 +91,20 @@ def serve_gateway(port_file: str, pod_url: str) -> None:
 
     plan = TenantPlan(ModelSelector(allow_all=True), requests_per_minute=10_000_000,
                       tokens_per_minute=10_000_000_000, max_concurrent_requests=100_000)
-    principal = Principal("bench", "benchbenchbe", plan)
+    keys = {KEY: Principal("bench", "benchbenchbe", plan),
+            NOISY_KEY: Principal("noisy", "noisynoisyno", TenantPlan(ModelSelector(allow_all=True),
+                                                                      requests_per_minute=NOISY_RPM))}
 
-    class OneKey:
+    class TwoKeys:
         def authenticate(self, presented_key: str) -> Principal | None:
-            return principal if hmac.compare_digest(presented_key.encode(), KEY.encode()) else None
+            found = None
+            for key, principal in keys.items():
+                if hmac.compare_digest(presented_key.encode(), key.encode()):
+                    found = principal
+            return found
 
     async def main() -> None:
-        gw = Gateway(OneKey(), [ModelRoute("bench", "tiny", pod_url)])
+        gw = Gateway(TwoKeys(), [ModelRoute("bench", "tiny", pod_url)])
         port = await gw.start("127.0.0.1", 0)
         _write_port(port_file, port)
         await asyncio.Event().wait()
@@ -119,6 +141,38 @@ def _spawn(role: str, *args: str) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
+def _start_litellm(binary: str, pod_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    """LiteLLM's proxy (its own venv) in front of the pod: master key only, no database."""
+    import socket
+    import tempfile
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    fd, config = tempfile.mkstemp(suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"""model_list:
+  - model_name: bench/tiny
+    litellm_params: {{model: openai/bench/tiny, api_base: "{pod_url}/v1", api_key: none}}
+general_settings: {{master_key: {LITELLM_KEY}}}
+""")
+    proc = subprocess.Popen([binary, "--config", config, "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300  # it imports a lot: minutes on a busy machine
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health/liveliness", timeout=2):
+                return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit("litellm exited") from None
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("litellm did not start within 300 s")
+
+
 # ---- load ----------------------------------------------------------------------------
 def pct(values: list[float], q: float) -> float:
     """The q-quantile (0..1) of ``values``, nearest rank."""
@@ -126,11 +180,16 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def one(session: aiohttp.ClientSession, url: str, stream: bool) -> float:
-    """Seconds to the whole response (or to the first SSE event when streaming)."""
-    body = {**BODY, "stream": True} if stream else BODY
+async def one(session: aiohttp.ClientSession, url: str, stream: bool, key: str = KEY,
+              chat: bool = False) -> float:
+    """Seconds to the whole response (or to the first SSE event when streaming); -1 for a 429."""
+    body = CHAT if chat else ({**BODY, "stream": True} if stream else BODY)
     start = time.perf_counter()
-    async with session.post(url + "/v1/completions", json=body) as r:
+    async with session.post(url + ("/v1/chat/completions" if chat else "/v1/completions"), json=body,
+                            headers={"Authorization": f"Bearer {key}"}) as r:
+        if r.status == 429 and key == NOISY_KEY:
+            await r.read()
+            return -1.0
         if r.status != 200:
             raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
         if stream:
@@ -143,7 +202,7 @@ async def one(session: aiohttp.ClientSession, url: str, stream: bool) -> float:
 
 
 async def fixed_rate(session: aiohttp.ClientSession, url: str, rate: float, seconds: float,
-                     stream: bool = False) -> list[float]:
+                     stream: bool = False, key: str = KEY, chat: bool = False) -> list[float]:
     """Open loop: one request every 1/rate s, whatever the answers do; their latencies."""
     tasks: list[asyncio.Task[float]] = []
     start = time.perf_counter()
@@ -151,11 +210,12 @@ async def fixed_rate(session: aiohttp.ClientSession, url: str, rate: float, seco
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(session, url, stream)))
+        tasks.append(asyncio.create_task(one(session, url, stream, key, chat)))
     return list(await asyncio.gather(*tasks))
 
 
-async def max_rps(session: aiohttp.ClientSession, url: str, concurrency: int, seconds: float) -> float:
+async def max_rps(session: aiohttp.ClientSession, url: str, concurrency: int, seconds: float,
+                  key: str = KEY, chat: bool = False) -> float:
     """Closed loop: ``concurrency`` callers back to back; completed requests per second."""
     done = 0
     stop = time.perf_counter() + seconds
@@ -163,7 +223,7 @@ async def max_rps(session: aiohttp.ClientSession, url: str, concurrency: int, se
     async def caller() -> None:
         nonlocal done
         while time.perf_counter() < stop:
-            await one(session, url, False)
+            await one(session, url, False, key, chat)
             done += 1
 
     start = time.perf_counter()
@@ -171,20 +231,46 @@ async def max_rps(session: aiohttp.ClientSession, url: str, concurrency: int, se
     return done / (time.perf_counter() - start)
 
 
+async def fairness(s: aiohttp.ClientSession, gw: str, args: argparse.Namespace,
+                   add: Callable[[str, float], None]) -> None:
+    """A quiet tenant's p99 alone, then beside a tenant sending 20x its requests/min limit."""
+    quiet_rate, noisy_rate = 20.0, 20 * NOISY_RPM / 60
+    burned = await fixed_rate(s, gw, 1000, NOISY_RPM / 1000, key=NOISY_KEY)  # use up its minute
+    assert len(burned) == NOISY_RPM
+    alone = await fixed_rate(s, gw, quiet_rate, args.seconds)
+    beside, noisy = await asyncio.gather(
+        fixed_rate(s, gw, quiet_rate, args.seconds),
+        fixed_rate(s, gw, noisy_rate, args.seconds, key=NOISY_KEY),
+    )
+    add(f"quiet tenant p99 ms alone @{quiet_rate:g}/s", pct(alone, 0.99) * 1e3)
+    add(f"quiet tenant p99 ms beside noisy @{noisy_rate:g}/s", pct(beside, 0.99) * 1e3)
+    admitted = sum(1 for v in noisy if v >= 0)
+    add("noisy tenant admitted req/s (limit used up)", admitted / args.seconds)
+
+
 def summary(name: str, values: list[float], unit: str) -> str:
     """``name: median (min-max) unit``."""
     return f"{name:<44} {statistics.median(values):9.2f} {unit}  (range {min(values):.2f}-{max(values):.2f}, n={len(values)})"
 
 
-async def bench(args: argparse.Namespace, pod: str, gw: str) -> None:
-    connector = aiohttp.TCPConnector(limit=0)
-    headers = {"Authorization": f"Bearer {KEY}"}
+async def side_by_side(s: aiohttp.ClientSession, pod: str, gw: str, lite: str, args: argparse.Namespace,
+                       add: Callable[[str, float], None]) -> None:
+    """Chat completions direct, through this gateway and through LiteLLM's proxy."""
+    for name, url, key in (("direct", pod, KEY), ("gateway", gw, KEY), ("litellm", lite, LITELLM_KEY)):
+        lat = await fixed_rate(s, url, args.lite_rate, args.seconds, key=key, chat=True)
+        add(f"chat p50 ms {name} @{args.lite_rate:g}/s", pct(lat, 0.5) * 1e3)
+        add(f"chat p99 ms {name} @{args.lite_rate:g}/s", pct(lat, 0.99) * 1e3)
+        add(f"chat max req/s {name}", await max_rps(s, url, args.concurrency, args.seconds, key, True))
+
+
+async def bench(args: argparse.Namespace, pod: str, gw: str, lite: str | None) -> None:
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=5)  # below the servers' idle timeout
     figures: dict[str, list[float]] = {}
 
     def add(key: str, value: float) -> None:
         figures.setdefault(key, []).append(value)
 
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as s:
+    async with aiohttp.ClientSession(connector=connector) as s:
         await fixed_rate(s, gw, 100, 1)  # warm both paths and their connection pools
         await fixed_rate(s, pod, 100, 1)
         for run in range(args.runs):
@@ -204,9 +290,12 @@ async def bench(args: argparse.Namespace, pod: str, gw: str) -> None:
             add(f"TTFT p50 ms direct @{args.stream_rate:g}/s", pct(ttft_direct, 0.5) * 1e3)
             add(f"TTFT p50 ms gateway @{args.stream_rate:g}/s", pct(ttft_gw, 0.5) * 1e3)
             add("TTFT added p50 ms", (pct(ttft_gw, 0.5) - pct(ttft_direct, 0.5)) * 1e3)
+            await fairness(s, gw, args, add)
+            if lite is not None:
+                await side_by_side(s, pod, gw, lite, args, add)
             print(f"run {run + 1}/{args.runs} done", flush=True)
     for key, values in figures.items():
-        unit = "req/s" if "req/s" in key and "/ direct" not in key else ("x" if "/ direct" in key else "ms")
+        unit = "x" if "/ direct" in key else ("ms" if " ms" in key else "req/s")
         print(summary(key, values, unit))
 
 
@@ -218,6 +307,8 @@ def main() -> None:
     p.add_argument("--stream-rate", type=float, default=100.0)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--litellm", default="", help="path of a `litellm` proxy binary: also measure it")
+    p.add_argument("--lite-rate", type=float, default=100.0, help="fixed rate of the side by side")
     p.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
@@ -226,11 +317,17 @@ def main() -> None:
         return
     pod_proc, pod_url = _spawn("pod")
     gw_proc, gw_url = _spawn("gateway", pod_url)
+    procs = [gw_proc, pod_proc]
+    lite_url = None
     try:
-        print(f"pod {pod_url}, gateway {gw_url}; {args.runs} runs, {os.cpu_count()} CPUs", flush=True)
-        asyncio.run(bench(args, pod_url, gw_url))
+        if args.litellm:
+            lite_proc, lite_url = _start_litellm(args.litellm, pod_url)
+            procs.insert(0, lite_proc)
+        print(f"pod {pod_url}, gateway {gw_url}, litellm {lite_url}; {args.runs} runs, "
+              f"{os.cpu_count()} CPUs", flush=True)
+        asyncio.run(bench(args, pod_url, gw_url, lite_url))
     finally:
-        for proc in (gw_proc, pod_proc):
+        for proc in procs:
             proc.terminate()
             proc.wait(timeout=10)
 

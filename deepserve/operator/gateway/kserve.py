@@ -62,7 +62,7 @@ class KServeProxy:
             gw.check_spend(principal)
             version = gw.choose_version(route, request)
             body = await gw.read_body(request, KSERVE_MAX_BODY_BYTES) if request.body_exists else b""
-            ticket = gw.admit(principal, 0)
+            ticket = await gw.admit(principal, 0)
         except Refused as refused:
             gw.metrics.refusals.labels(refused.reason).inc()
             gw.metrics.requests.labels(label, str(refused.error.status)).inc()
@@ -97,7 +97,7 @@ class KServeProxy:
             return web.json_response({"error": "the model's server could not be reached"}, status=502,
                                      headers=back)
         finally:
-            gw.release(ticket)
+            await gw.release(ticket)
             gw.metrics.requests.labels(label, str(status)).inc()
             gw.metrics.latency.labels(label).observe(time.monotonic() - started)
 

@@ -10,6 +10,7 @@ learns the token count; the usage chunk reaches the caller only when the caller 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import ssl
 import time
@@ -38,6 +39,7 @@ from deepserve.operator.gateway.proxy import (
     relay_stream,
     relay_whole,
 )
+from deepserve.operator.gateway.redis_limits import RedisLimiter
 from deepserve.operator.gateway.routing import ModelRoute, Router, VersionState
 from deepserve.operator.tenancy import Authenticator, Principal, SpendSource
 
@@ -53,7 +55,8 @@ class GatewayConfig:
     """Timeouts and bounds of one gateway process."""
 
     body_timeout_s: float = 30.0  # a caller must send its whole body within this (else 408)
-    keepalive_timeout_s: float = 15.0  # idle connections (also ones that never send) closed
+    keepalive_timeout_s: float = 75.0  # idle connections (also ones that never send) closed;
+    # longer than a load balancer's idle timeout (60 s on common ones), so the LB closes first
     upstream_connect_s: float = 5.0
     upstream_read_s: float = 300.0  # longest silence between two upstream chunks
     default_max_tokens: int = 256  # token estimate for a request without max_tokens
@@ -72,6 +75,11 @@ def _error(exc: OpenAIError, headers: dict[str, str] | None = None) -> web.Respo
     return web.Response(
         status=exc.status, body=exc.body(), content_type="application/json", headers=headers
     )
+
+
+async def _maybe_await(value: Any) -> Any:
+    """``value``, awaited when it is awaitable (the Redis limiter is async, the local one not)."""
+    return await value if inspect.isawaitable(value) else value
 
 
 async def _read_within(request: web.Request, limit: int) -> bytes | None:
@@ -93,7 +101,7 @@ class Gateway:
         authenticator: Authenticator,
         routes: list[ModelRoute],
         spend: SpendSource | None = None,
-        limiter: TenantLimiter | None = None,
+        limiter: TenantLimiter | RedisLimiter | None = None,
         new_request_id: Callable[[], str] = lambda: uuid.uuid4().hex,
         *,
         config: GatewayConfig | None = None,
@@ -187,6 +195,8 @@ class Gateway:
             self._discovery.stop()
         if self._session is not None:
             await self._session.close()
+        if isinstance(self._limiter, RedisLimiter):
+            await self._limiter.close()
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -274,7 +284,7 @@ class Gateway:
                 f"{m.role}\n{m.content}\n" for m in parsed.messages)
             estimate = estimate_tokens(len(prompt.encode()), parsed.max_tokens,
                                        self.config.default_max_tokens)
-            ticket = self.admit(principal, estimate)
+            ticket = await self.admit(principal, estimate)
         except Refused as refused:
             self.metrics.refusals.labels(refused.reason).inc()
             self.metrics.requests.labels(model_label, str(refused.error.status)).inc()
@@ -291,12 +301,12 @@ class Gateway:
             tokens = outcome.tokens
             if tokens is not None:
                 self.metrics.tokens.labels(model_label).inc(tokens)
-                self._limiter.settle(ticket, tokens)
+                await _maybe_await(self._limiter.settle(ticket, tokens))
             elif status != 200:
-                self._limiter.settle(ticket, 0)  # nothing was generated
+                await _maybe_await(self._limiter.settle(ticket, 0))  # nothing was generated
             return response
         finally:
-            self._limiter.release(ticket)
+            await self.release(ticket)
             self.metrics.requests.labels(model_label, str(status)).inc()
             self.metrics.latency.labels(model_label).observe(time.monotonic() - started)
 
@@ -310,17 +320,17 @@ class Gateway:
             raise Refused(error, "version_not_found")
         return version
 
-    def admit(self, principal: Principal, estimate: int) -> Ticket:
+    async def admit(self, principal: Principal, estimate: int) -> Ticket:
         """Admit a request of ``estimate`` tokens under the tenant's limits, or 429."""
-        got = self._limiter.admit(principal.tenant, principal.plan, estimate)
+        got = await _maybe_await(self._limiter.admit(principal.tenant, principal.plan, estimate))
         if isinstance(got, Refusal):
             error = OpenAIError(429, got.reason, type="rate_limit_error", code="rate_limit_exceeded")
             raise Refused(error, f"rate_{got.limit}", {"Retry-After": str(got.retry_after_s)})
         return got
 
-    def release(self, ticket: Ticket) -> None:
+    async def release(self, ticket: Ticket) -> None:
         """An admitted request is finished."""
-        self._limiter.release(ticket)
+        await _maybe_await(self._limiter.release(ticket))
 
     def check_spend(self, principal: Principal) -> None:
         """402 when the tenant's month-to-date spend reached its plan's cap."""
