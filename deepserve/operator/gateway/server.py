@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 TENANT_HEADER = "X-Deepserve-Tenant"
 SESSION_HEADER = "X-Deepserve-Session"
-__all__ = ["SESSION_HEADER", "TENANT_HEADER", "Gateway", "GatewayConfig", "ModelRoute"]
+__all__ = ["SESSION_HEADER", "TENANT_HEADER", "Gateway", "GatewayConfig", "ModelRoute", "tls_context"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,14 @@ def _error(exc: OpenAIError, headers: dict[str, str] | None = None) -> web.Respo
     return web.Response(
         status=exc.status, body=exc.body(), content_type="application/json", headers=headers
     )
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server TLS context (TLS 1.2 or later) from PEM certificate-chain and key files."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
 
 
 async def _maybe_await(value: Any) -> Any:

@@ -244,3 +244,34 @@ def test_idle_connections_are_closed_and_do_not_starve_others() -> None:
         await runner.cleanup()
 
     run(body)
+
+
+def test_tls_serves_https_with_the_given_certificate(tmp_path: Any) -> None:
+    import ssl
+
+    from deepserve.operator.dev.pki import create_pki
+    from deepserve.operator.gateway.server import tls_context
+
+    pki = create_pki(tmp_path)
+
+    async def body() -> None:
+        pod = FakePod()
+        runner, pod_url = await serve(pod.app())
+        gw = Gateway(KEYS, [chat((VersionTarget("main", 100, (pod_url,)),))])
+        port = await gw.start(ssl_context=tls_context(str(pki.serving_cert), str(pki.serving_key)))
+        try:
+            trust = ssl.create_default_context(cafile=str(pki.ca_cert))
+            async with (
+                aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY_A}"}) as s,
+                s.post(f"https://127.0.0.1:{port}/v1/completions", ssl=trust,
+                       json={"model": "chat", "prompt": "hi"}) as r,
+            ):
+                assert r.status == 200 and (await r.json())["choices"][0]["text"] == "hello world"
+            async with aiohttp.ClientSession() as s:  # plain HTTP to the TLS port: no answer
+                with pytest.raises(aiohttp.ClientError):
+                    await s.get(f"http://127.0.0.1:{port}/v1/models")
+        finally:
+            await gw.stop()
+            await runner.cleanup()
+
+    run(body)
