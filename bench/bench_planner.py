@@ -6,7 +6,10 @@ Run: ``.venv/bin/python bench/bench_planner.py`` (pure CPU, a few seconds). Prin
    (goal: under 5 ms), and over one pool per catalog accelerator;
 2. cost per 1M tokens of the planner's choice vs first-fit (the first pool in listing order,
    at the smallest TP that fits memory and the SLO - what a scheduler does with a GPU count),
-   averaged over random pool orders, on a mixed model set (goal: at least 30% cheaper).
+   averaged over random pool orders, on a mixed model set (goal: at least 30% cheaper);
+3. at cluster scale (#21.1): discovery of 5,000 nodes in 24 pools (with bound pods) once,
+   then planner time per model over those pools, p50/p99 over 280 planning requests
+   (7 models x 40 random requests) in each of 3 runs (goal: p99 <= 5 ms).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import random
 import statistics
 import time
 
-from deepserve.engine.hardware import load_catalog
+from deepserve.engine.hardware import DEEPSERVE_LABEL, load_catalog
 from deepserve.operator.placement import (
     Candidate,
     ModelShape,
     PlacementRequest,
     PoolOffer,
+    discover_pools,
     plan_placement,
 )
 
@@ -127,9 +131,97 @@ def bench_cost(label: str, excluded: tuple[str, ...] = ()) -> None:
           f"on equal token volume per model: {1 - planner_total / ff_total:.1%}")
 
 
+# 24 pools: the mixed set twice (two GPU counts per node, two price levels) plus 4 MIG pools
+SCALE_POOLS: list[tuple[str, str, int, float, str]] = [
+    *[(f"{n}-x{g}", acc, g, p, "") for n, acc, g, p in MIXED_POOLS],
+    *[(f"{n}-spot-x{max(1, g // 2)}", acc, max(1, g // 2), round(p * 0.6, 2), "")
+      for n, acc, g, p in MIXED_POOLS],
+    ("a100-mig-1g", "nvidia-a100-sxm4-40gb", 7, 0.20, "1g.5gb"),
+    ("a100-mig-3g", "nvidia-a100-sxm4-40gb", 2, 0.60, "3g.20gb"),
+    ("h100-mig-1g", "nvidia-h100-sxm5-80gb", 7, 0.45, "1g.10gb"),
+    ("h100-mig-3g", "nvidia-h100-sxm5-80gb", 2, 1.30, "3g.40gb"),
+]
+
+
+def scale_cluster(nodes: int, rng: random.Random) -> tuple[list[dict], list[dict], list[dict]]:
+    """``nodes`` GPU nodes spread over SCALE_POOLS, about half their GPUs held by bound pods."""
+    node_objs, pods, declared = [], [], []
+    for name, acc, gpn, price, mig in SCALE_POOLS:
+        spec = {"nodeSelector": {"deepserve.io/pool": name}, "acceleratorId": acc, "gpusPerNode": gpn,
+                "pricePerGpuHour": price, "maxNodes": 0} | ({"migProfile": mig} if mig else {})
+        declared.append({"metadata": {"name": name}, "spec": spec})
+    for i in range(nodes):
+        name, acc, gpn, _, mig = SCALE_POOLS[i % len(SCALE_POOLS)]
+        resource = f"nvidia.com/mig-{mig}" if mig else "nvidia.com/gpu"
+        node = f"node-{i}"
+        node_objs.append({"metadata": {"name": node, "labels": {DEEPSERVE_LABEL: acc, "deepserve.io/pool": name}},
+                          "status": {"allocatable": {resource: str(gpn)},
+                                     "conditions": [{"type": "Ready", "status": "True"}]}})
+        used = rng.randint(0, gpn)
+        if used:
+            pods.append({"metadata": {"name": f"pod-{i}"},
+                         "spec": {"nodeName": node, "containers": [
+                             {"resources": {"limits": {resource: str(used)}}}]},
+                         "status": {"phase": "Running"}})
+    return node_objs, pods, declared
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[max(0, int(len(xs) * q) - 1)]
+
+
+def bench_cluster_scale(nodes: int = 5000, runs: int = 3, per_model: int = 40) -> None:
+    rng = random.Random(5)
+    node_objs, pods, declared = scale_cluster(nodes, rng)
+    print(f"\ncluster scale: {nodes} nodes in {len(SCALE_POOLS)} pools, {len(pods)} bound pods; "
+          f"{per_model} random requests per model per run")
+    shapes = {name: (ModelShape.from_hf_config(cfg), precision) for name, (cfg, precision) in MODELS.items()}
+    groups = {"all models": list(shapes), "single-node models (6)": [n for n in shapes if n != "deepseek-v3-fp8"],
+              "deepseek-v3-fp8 (multi-node search)": ["deepseek-v3-fp8"]}
+    discovery: list[float] = []
+    stats: dict[str, list[tuple[float, float]]] = {g: [] for g in groups}
+    for run in range(runs):
+        t0 = time.perf_counter()
+        pools = discover_pools(node_objs, pods, declared).pools
+        discovery.append(time.perf_counter() - t0)
+        times: dict[str, list[float]] = {n: [] for n in shapes}
+        for _ in range(per_model):
+            for name, (shape, precision) in shapes.items():
+                req = PlacementRequest(precision=precision, strategy=rng.choice(["cost", "latency", "throughput"]),
+                                       concurrency=rng.choice([1, 8, 16, 64]),
+                                       context_length=rng.choice([2048, 4096, 8192]),
+                                       replicas=rng.choice([1, 2, 4]),
+                                       slo_min_tokens_per_s=rng.choice([0.0, 10.0]))
+                t0 = time.perf_counter()
+                plan_placement(shape, pools, req)
+                times[name].append(time.perf_counter() - t0)
+        line = [f"  run {run + 1}: discovery {discovery[-1] * 1e3:6.0f} ms ({len(pools)} pools)"]
+        for group, names in groups.items():
+            xs = [t for n in names for t in times[n]]
+            stats[group].append((_pct(xs, 0.5), _pct(xs, 0.99)))
+            line.append(f"{group}: p50 {stats[group][-1][0] * 1e3:.2f} / p99 {stats[group][-1][1] * 1e3:.2f} ms")
+        print("; ".join(line))
+
+    def spread(xs: list[float]) -> str:
+        return f"{statistics.median(xs) * 1e3:.2f} ms ({min(xs) * 1e3:.2f}-{max(xs) * 1e3:.2f})"
+
+    print(f"  median (range) of {runs} runs; discovery once per cycle: {spread(discovery)}")
+    for group in groups:
+        p50 = [a for a, _ in stats[group]]
+        p99 = [b for _, b in stats[group]]
+        print(f"    {group:38s} p50 {spread(p50)}, p99 {spread(p99)} (goal p99 <= 5 ms)")
+
+
 if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--scale"]:
+        bench_cluster_scale()
+        raise SystemExit(0)
     bench_speed()
     bench_cost(f"all {len(MIXED_POOLS)} pools")
     bench_cost("NVIDIA pools only", excluded=("mi300x",))
     bench_cost("dev-cluster pools (a100-80, h100, l4)",
                excluded=tuple(n for n, *_ in MIXED_POOLS if n not in ("a100-80", "h100", "l4")))
+    bench_cluster_scale()

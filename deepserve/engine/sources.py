@@ -5,9 +5,10 @@
   the operator passes ``/mnt/models/<path>``);
 - ``builtin://tiny-<arch>``: a deterministic tiny random checkpoint in the real Hugging
   Face format, created once under the cache directory (tests and demos);
-- ``hf://org/name``: a snapshot already in the Hugging Face cache (``HF_HOME``), or
-  downloaded with ``huggingface_hub`` when it is installed and the network allows;
-- ``s3://``: fetched by an init step into the cache; the engine refuses to guess.
+- ``hf://org/name[@revision]`` and ``s3://bucket/prefix``: fetched by
+  :func:`deepserve.engine.fetch.fetch` into ``<cache>/fetched/<key>`` (in a pod the init
+  container ``deepserve engine fetch`` has done it already and the operator passes that
+  directory), with credentials read from the files in ``DEEPSERVE_SOURCE_CREDENTIALS``.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import os
 import shutil
 from pathlib import Path
 
+from deepserve.engine.contract.builtin import BUILTIN_MODELS
+from deepserve.engine.fetch import FetchError, fetch, fetched_model_dir
+
 log = logging.getLogger(__name__)
 
-BUILTIN_ARCHS = {"tiny-llama": "llama", "tiny-qwen2": "qwen2", "tiny-deepseek-v3": "deepseek_v3",
-                 "tiny-deepseek_v3": "deepseek_v3"}
+BUILTIN_ARCHS = BUILTIN_MODELS  # builtin://<name> -> architecture (torch-free, for admission)
 
 
 class ModelSourceError(ValueError):
@@ -34,7 +37,7 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "deepserve" / "models"
 
 
-def resolve_model_dir(source: str) -> str:
+def resolve_model_dir(source: str, revision: str | None = None) -> str:
     """Return a local directory holding config.json, *.safetensors and tokenizer.json."""
     if source.startswith("builtin://"):
         name = source[len("builtin://"):]
@@ -55,19 +58,12 @@ def resolve_model_dir(source: str) -> str:
                 tmp.rename(out)
             shutil.rmtree(tmp, ignore_errors=True)
         return str(out)
-    if source.startswith("hf://"):
-        repo = source[len("hf://"):]
+    if source.startswith(("hf://", "s3://")):
         try:
-            from huggingface_hub import snapshot_download
-        except ImportError as e:
-            raise ModelSourceError(f"model source {source!r}: huggingface_hub is not installed") from e
-        try:
-            return str(snapshot_download(repo, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1"))
-        except Exception as e:
-            raise ModelSourceError(f"model source {source!r}: {e}") from e
-    if source.startswith("s3://"):
-        raise ModelSourceError(f"model source {source!r}: s3 sources must be fetched into the "
-                               "model cache by the pod's init step; the engine does not read s3 itself")
+            return str(fetch(source, fetched_model_dir(cache_dir(), source, revision), revision,
+                             os.environ.get("DEEPSERVE_SOURCE_CREDENTIALS") or None))
+        except FetchError as e:
+            raise ModelSourceError(str(e)) from e
     if source.startswith("file://"):
         source = source[len("file://"):]
     if not Path(source).is_dir():

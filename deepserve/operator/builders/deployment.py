@@ -12,7 +12,6 @@ from deepserve.operator.builders.context import (
     HTTP_PORT,
     LABEL_POOL,
     METRICS_PORT,
-    MODEL_STORE,
     REPOSITORY_DIR,
     USAGE_SPOOL,
     BuildContext,
@@ -28,6 +27,7 @@ from deepserve.operator.builders.repository import (
     repository_configmap_name,
     repository_files,
 )
+from deepserve.operator.builders.sources import fetch_init_containers, source_volumes
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -89,27 +89,18 @@ def _volumes(ctx: BuildContext, version: str) -> tuple[list[dict[str, Any]], lis
         {"name": "cache", "mountPath": CACHE_DIR},
         {"name": "usage-spool", "mountPath": USAGE_SPOOL},
     ]
-    if v.source.scheme == "pvc":
-        claim = v.source.location.split("/", 1)[0]
-        volumes.append({"name": "model-store", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-        mounts.append({"name": "model-store", "mountPath": MODEL_STORE, "readOnly": True})
-    return volumes, mounts
+    source_vols, source_mounts = source_volumes(v)  # pvc:// volume, fetch credentials
+    return volumes + source_vols, mounts + source_mounts
 
 
 def _env(ctx: BuildContext, version: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    v = version_of(ctx, version)
     env: list[dict[str, Any]] = [
-        {"name": "DEEPSERVE_MODEL_SOURCE", "value": v.source.uri},
-        {"name": "DEEPSERVE_MODEL_FORMAT", "value": v.source.format},
         {"name": "DEEPSERVE_CACHE_DIR", "value": CACHE_DIR},
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
-    if v.source.revision:
-        env.append({"name": "DEEPSERVE_MODEL_REVISION", "value": v.source.revision})
+    # source credentials reach only the fetch init container, as files (builders.sources)
     env_from: list[dict[str, Any]] = []
-    if v.source.credentials_secret:
-        env_from.append({"secretRef": {"name": v.source.credentials_secret}})
     return env, env_from
 
 
@@ -189,6 +180,9 @@ def build_deployment(ctx: BuildContext, version: str) -> dict[str, Any]:
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "tolerations": _tolerations(ctx),
     }
+    init = fetch_init_containers(ctx, v, container["securityContext"])
+    if init:
+        pod_spec["initContainers"] = init
     if ctx.placement.node_selector:
         pod_spec["nodeSelector"] = dict(ctx.placement.node_selector)
     return {

@@ -9,13 +9,13 @@ from deepserve.engine.options import EngineOptions, SparseAttentionOptions
 from deepserve.engine.triton.repository import render_model_repository
 from deepserve.operator.api.views import Version
 from deepserve.operator.builders.context import (
-    MODEL_STORE,
     USAGE_SPOOL,
     BuildContext,
     child_name,
     metadata,
     version_of,
 )
+from deepserve.operator.builders.sources import model_dir_for as source_model_dir
 
 TRITON_VERSION = "1"
 
@@ -31,15 +31,8 @@ def config_key(path: str) -> str:
 
 
 def model_dir_for(version: Version) -> str:
-    """EngineOptions.model_dir for a source: a mounted path for pvc://, else the URI.
-
-    The engine resolves hf://, s3:// and builtin:// itself (see docs/api.md).
-    """
-    src = version.source
-    if src.scheme == "pvc":
-        path = src.location.split("/", 1)[1] if "/" in src.location else ""
-        return f"{MODEL_STORE}/{path}".rstrip("/")
-    return src.uri
+    """EngineOptions.model_dir for a source (see :func:`deepserve.operator.builders.sources.model_dir_for`)."""
+    return source_model_dir(version)
 
 
 def served_precision(ctx: BuildContext, version: Version) -> str:

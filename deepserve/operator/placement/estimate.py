@@ -11,6 +11,7 @@ parallelism adds two all-reduces per layer. All factors come from :mod:`.factors
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from deepserve.engine.contract.memory import resident_weight_bytes
@@ -69,8 +70,14 @@ def engine_fp8_native(acc: Accelerator) -> bool:
 def weight_bytes_per_gpu(shape: ModelShape, precision: str, tp: int, fp8_native: bool,
                          device_type: str = "cuda") -> float:
     """Resident weight bytes one GPU of a ``tp`` group holds under the ``precision`` policy."""
+    return _resident_bytes(shape, precision, fp8_native, device_type) / tp
+
+
+@functools.lru_cache(maxsize=4096)
+def _resident_bytes(shape: ModelShape, precision: str, fp8_native: bool, device_type: str) -> float:
+    """Memoised per model: the planner asks for every (pool, TP, PP) it weighs."""
     master = master_precision(precision, device_type)
-    return resident_weight_bytes(shape.param_counts(), precision, master, fp8_native) / tp
+    return resident_weight_bytes(shape.param_counts(), precision, master, fp8_native)
 
 
 def kv_cache_bytes_per_gpu(shape: ModelShape, precision: str, tp: int, tokens: int,

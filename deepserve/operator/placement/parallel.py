@@ -227,10 +227,7 @@ def node_layouts(shape: ModelShape, pool: PoolOffer, max_tp: int) -> list[tuple[
 
 
 def _whole_node_capacity(pool: PoolOffer, nodes: int) -> int:
-    if pool.node_free_gpus:
-        free = sum(1 for f in pool.node_free_gpus if f >= pool.gpus_per_node)
-    else:
-        free = pool.free_gpus // max(pool.gpus_per_node, 1)
+    free = pool.whole_free_nodes()  # per-pool aggregate, computed once
     return (free + max(0, pool.max_nodes - pool.nodes)) // nodes
 
 
@@ -287,7 +284,7 @@ def plan_multi_node(shape: ModelShape, pools: Sequence[PoolOffer], request: Plac
             continue
         if pool.accelerator_id not in catalog or pool.gpus_per_node < 1:
             continue
-        acc = catalog.get(pool.accelerator_id)
+        acc = pool.accelerator(catalog.get(pool.accelerator_id))  # a MIG slice: no NVLink
         precision = serving_precision(acc, request.precision)
         if precision is None or acc.interconnect_gbs <= 0 or pool.gpus_per_node < 2:
             continue

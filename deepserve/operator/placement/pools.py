@@ -5,7 +5,9 @@ Inputs are plain dicts as the Kubernetes API returns them; nothing here talks to
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -72,12 +74,24 @@ class PoolOffer:
             bandwidth_gbs=acc.bandwidth_gbs * min(1.0, memory / acc.memory_gib),
             tflops={k: v * compute for k, v in acc.tflops.items()}, interconnect_gbs=0.0)
 
+    @functools.cached_property
+    def free_histogram(self) -> tuple[tuple[int, int], ...]:
+        """``(free GPUs, nodes with that many)`` over ``node_free_gpus``: the per-pool aggregate
+        computed once, so planning a model costs O(GPUs per node), not O(nodes)."""
+        return tuple(sorted(Counter(self.node_free_gpus).items()))
+
+    def whole_free_nodes(self) -> int:
+        """Existing nodes with every GPU free (what a multi-node replica takes)."""
+        if not self.node_free_gpus:
+            return self.free_gpus // max(self.gpus_per_node, 1)
+        return sum(n for free, n in self.free_histogram if free >= self.gpus_per_node)
+
     def replica_capacity(self, gpus_per_replica: int) -> int:
         """How many replicas of ``gpus_per_replica`` GPUs fit now plus by scaling to max_nodes."""
         if gpus_per_replica <= 0 or gpus_per_replica > self.gpus_per_node:
             return 0
         if self.node_free_gpus:
-            now = sum(f // gpus_per_replica for f in self.node_free_gpus)
+            now = sum(n * (free // gpus_per_replica) for free, n in self.free_histogram)
         else:
             now = self.free_gpus // gpus_per_replica
         growth = max(0, self.max_nodes - self.nodes) * (self.gpus_per_node // gpus_per_replica)

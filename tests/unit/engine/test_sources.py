@@ -34,7 +34,8 @@ def test_builtin_model_serves_through_the_engine(tmp_path: Path, monkeypatch: py
 
 @pytest.mark.parametrize(("source", "words"), [
     ("builtin://tiny-gpt9", "unknown built-in model"),
-    ("s3://bucket/model", "init step"),
+    ("s3://bucket", "s3://<bucket>/<prefix>"),
+    ("hf://org", "hf://<org>/<name>"),
     ("/definitely/not/here", "not a directory"),
 ])
 def test_bad_sources_are_refused_clearly(source: str, words: str) -> None:

@@ -84,3 +84,12 @@ def test_pools_file_mig_profile_is_read_and_checked() -> None:
     with pytest.raises(ValueError, match=r"pools\[0\]\.migProfile"):
         pools_from_document({"pools": [{"name": "m", "acceleratorId": A100, "gpusPerNode": 7,
                                         "migProfile": "half"}]})
+
+
+def test_slices_never_form_a_multi_node_replica() -> None:
+    # 3g.20gb slices, two a node, many nodes: a 40 GiB model must not be spread over them
+    slices = PoolOffer("mig3g", "nvidia-h100-sxm5-80gb", 2, 8, 16, 0.5, max_nodes=8, partition="3g.40gb")
+    plan = plan_placement(MODEL_40GIB, [slices], PlacementRequest(precision="bf16"))
+    assert plan.chosen is None
+    whole = PoolOffer("h100", "nvidia-h100-sxm5-80gb", 2, 8, 16, 2.0, max_nodes=8)
+    assert plan_placement(MODEL_40GIB, [whole], PlacementRequest(precision="bf16")).chosen is not None
