@@ -303,7 +303,8 @@ print(n, dt, hwm / 1024)
 """
 
 
-def bench_scale(ledger_events: int, n: int, runs: int, tmp: Path, ingest: bool = True) -> None:
+def bench_scale(ledger_events: int, n: int, runs: int, tmp: Path, ingest: bool = True,
+                export_runs: int | None = None) -> None:
     print(f"== ingest at scale: JSON wire batches of 1,000, synchronous=FULL, {runs} runs of "
           f"{n:,} events on a ledger of {ledger_events:,} ==")
     path = tmp / "scale.db"
@@ -342,7 +343,7 @@ def bench_scale(ledger_events: int, n: int, runs: int, tmp: Path, ingest: bool =
                            ("cloudevents", False)):
         rss, secs = [], []
         records = "0"
-        for _ in range(runs):
+        for _ in range(export_runs or runs):
             done = subprocess.run([sys.executable, "-c", EXPORT_CHILD, str(path), fmt,
                                    "1" if unaligned else "0", str(tmp / "out.txt")],
                                   capture_output=True, text=True, check=True)
@@ -364,6 +365,7 @@ def main() -> None:
                         help="comma-separated: ingest, scrape, export, scale, scale-export")
     parser.add_argument("--ledger-events", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--export-runs", type=int, help="runs of each export (default --runs)")
     parser.add_argument("--serve-pods", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_pods:
@@ -380,7 +382,7 @@ def main() -> None:
             bench_export(args.export_events, Path(d))
         if "scale" in only or "scale-export" in only:
             bench_scale(args.ledger_events, args.events, args.runs, Path(d),
-                        ingest="scale" in only)
+                        ingest="scale" in only, export_runs=args.export_runs)
 
 
 if __name__ == "__main__":

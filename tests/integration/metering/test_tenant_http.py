@@ -44,6 +44,10 @@ def test_spend_and_tenant_exports_over_http(tmp_path: Path, server: ServerProces
     assert isinstance(spend["amount"], str) and Decimal(spend["amount"]) == _cost(a)
     status, body = http(f"{server.url}/v1/tenants/team-b/spend?month=2026-11", token=READ_TOKEN)
     assert Decimal(json.loads(body)["amount"]) == _cost(b)
+    from deepserve.operator.tenancy.spend_client import HttpSpendSource  # the gateway's client
+    client = HttpSpendSource(server.url, READ_TOKEN, timeout_s=10, currency="USD")
+    assert client.fetch("team a", "2026-11") == _cost(a)
+    assert client.fetch("team-b", "2026-11") == _cost(b)
     status, body = http(f"{server.url}/v1/tenants/team-b/spend?month=2026-12", token=READ_TOKEN)
     assert json.loads(body)["amount"] == "0"
     status, body = http(f"{server.url}/v1/tenants/team-b/spend?month=11-2026", token=READ_TOKEN)
