@@ -81,6 +81,37 @@ def test_planner_memory_matches_engine_allocation_within_10_percent(
         "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32"))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", POLICIES)
+def test_planner_memory_matches_engine_allocation_on_a_gpu(
+        tiny_models: dict[str, Path], precision: str) -> None:
+    """On a GPU the master is bf16 and ``auto`` adds fp8 copies where fp8 runs natively."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from deepserve.engine.precision import fp8_hardware_support
+
+    native, _ = fp8_hardware_support("cuda")
+    for arch in TINY_ARCHITECTURES:
+        before = torch.cuda.memory_allocated()
+        engine = build_engine(EngineOptions(
+            model_dir=str(tiny_models[arch]), precision=precision, device="cuda",
+            max_batch_size=SLOTS, max_input_tokens=MAX_INPUT, max_new_tokens_limit=MAX_NEW))
+        measured, _ = _allocated_bytes(engine)
+        allocated = torch.cuda.memory_allocated() - before
+        config = json.loads((tiny_models[arch] / "config.json").read_text())
+        shape = ModelShape.from_hf_config(config)
+        master = master_precision(precision, "cuda")
+        planned = (weight_bytes_per_gpu(shape, precision, 1, native, device_type="cuda")
+                   + kv_cache_bytes_per_gpu(shape, precision, 1, SLOTS * (MAX_INPUT + MAX_NEW))
+                   + rope_table_bytes(ModelArgs.for_planning(config), master, MAX_INPUT + MAX_NEW))
+        print(f"cuda {arch} {precision} (fp8 native {native}): planned {planned:.0f} B, tensors "
+              f"{measured:.0f} B (ratio {planned / measured:.3f}), torch.cuda.memory_allocated "
+              f"+{allocated} B")
+        assert planned == pytest.approx(measured, rel=0.10), (arch, precision, planned, measured)
+        del engine
+        torch.cuda.empty_cache()
+
+
 def _load_model_cases() -> Any:
     name = "model_cases"
     if name not in sys.modules:
