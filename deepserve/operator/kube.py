@@ -111,10 +111,15 @@ class Kube:
         query = [("fieldManager", field_manager), ("force", "true" if force else "false")]
         return self.request("PATCH", path, body=obj, query=query, content_type="application/apply-patch+yaml")
 
-    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Create ``obj`` (POST); raises KubeError 409 when it exists."""
+    def create(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        """Create ``obj`` (POST); raises KubeError 409 when it exists.
+
+        ``dry_run``: the server runs defaulting, validation and admission and stores nothing.
+        """
         md = obj["metadata"]
-        return self.request("POST", resource_path(obj["apiVersion"], obj["kind"], md.get("namespace")), body=obj)
+        query = [("dryRun", "All")] if dry_run else []
+        return self.request("POST", resource_path(obj["apiVersion"], obj["kind"], md.get("namespace")), body=obj,
+                            query=query)
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""

@@ -84,7 +84,7 @@ def gpu_node_pool_crd() -> dict[str, Any]:
     p = gpunodepool_schema
     return _crd(
         kind="GPUNodePool", plural="gpunodepools", short=["gnp"], scope="Cluster",
-        spec=p.SPEC, status=p.STATUS, columns=p.PRINTER_COLUMNS, root_rules=[], scale=None,
+        spec=p.SPEC, status=p.STATUS, columns=p.PRINTER_COLUMNS, root_rules=p.ROOT_RULES, scale=None,
         description="A pool of identical GPU nodes with its accelerator and price, for placement.",
     )
 

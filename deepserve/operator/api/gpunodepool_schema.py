@@ -12,6 +12,7 @@ from deepserve.operator.api.schema_types import (
     label_map,
     number,
     obj,
+    rule,
     string,
 )
 
@@ -40,6 +41,13 @@ SPEC = obj(
     },
     required=["nodeSelector", "acceleratorId", "gpusPerNode"],
 )
+
+MAX_POOL_NAME = 63
+ROOT_RULES = [
+    rule(f"size(self.metadata.name) <= {MAX_POOL_NAME}",
+         f"metadata.name must be at most {MAX_POOL_NAME} characters: it is the deepserve.io/pool label "
+         "of the pods placed on the pool, and a label value"),
+]
 
 STATUS = obj(
     "Observed capacity of the pool.",

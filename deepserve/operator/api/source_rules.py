@@ -5,8 +5,8 @@ Python check the typed views run, so both refuse the same URIs naming the same f
 
 - ``pvc://<claim>/<path>``: the claim a DNS label; path segments of safe characters, never
   ``.`` or ``..`` (the path is joined under the claim's mount, it must not leave it);
-- ``hf://<org>/<name>``;
-- ``s3://<bucket>/<prefix>``: a valid bucket name, a prefix of safe characters (no shell
+- ``hf://<org>/<name>[@<revision>]`` (a revision also in ``source.revision`` must be the same);
+- ``s3://<bucket>/<prefix>``: a valid bucket name, a non-empty prefix of safe characters (no shell
   metacharacters, whitespace or quotes) and no ``.``/``..`` segments;
 - ``builtin://<name>``: only the names the engine can create
   (:data:`deepserve.engine.sources.BUILTIN_ARCHS`, a torch-free constant);
@@ -27,8 +27,8 @@ BUILTIN_URIS = tuple(f"builtin://{name}" for name in sorted(BUILTIN_ARCHS))
 # Characters of a path segment: no shell metacharacters ($ ` ; | & < > ( ) * ? ! ' " \), no spaces.
 _SEGMENT = r"[-A-Za-z0-9_.=+@,]+"
 PVC_FORM = rf"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/{_SEGMENT})*/?$"
-HF_FORM = r"^hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*$"
-S3_FORM = rf"^s3://[a-z0-9][-a-z0-9.]{{1,61}}[a-z0-9](/{_SEGMENT})*/?$"
+HF_FORM = r"^hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*(@[A-Za-z0-9._][-A-Za-z0-9._/]*)?$"
+S3_FORM = rf"^s3://[a-z0-9][-a-z0-9.]{{1,61}}[a-z0-9](/{_SEGMENT})+/?$"  # a prefix: a whole bucket is no model
 DOT_SEGMENT = r"/\.\.?(/|$)"
 UNSUPPORTED_FORMATS = ("pytorch",)
 
@@ -47,10 +47,10 @@ URI_RULES: list[Schema] = [
     rule(f"!self.startsWith('pvc://') || !self.matches({_cel(DOT_SEGMENT)})",
          "source.uri pvc:// path must not contain . or .. segments (it would leave the claim's mount)"),
     rule(f"!self.startsWith('hf://') || self.matches({_cel(HF_FORM)})",
-         "source.uri hf:// form is hf://<org>/<name>"),
+         "source.uri hf:// form is hf://<org>/<name> or hf://<org>/<name>@<revision>"),
     rule(f"!self.startsWith('s3://') || self.matches({_cel(S3_FORM)})",
          "source.uri s3:// form is s3://<bucket>/<prefix>, the bucket a valid S3 bucket name, the prefix "
-         "of letters, digits and -_.=+@,/ only (no shell metacharacters, spaces or quotes)"),
+         "not empty, of letters, digits and -_.=+@,/ only (no shell metacharacters, spaces or quotes)"),
     rule(f"!self.startsWith('s3://') || !self.matches({_cel(DOT_SEGMENT)})",
          "source.uri s3:// prefix must not contain . or .. segments"),
     rule("!self.startsWith('builtin://') || self in [" + ", ".join(f"'{u}'" for u in BUILTIN_URIS) + "]",
@@ -63,6 +63,8 @@ SOURCE_RULES: list[Schema] = [
          field_path=".format"),
     rule("!has(self.revision) || self.uri.startsWith('hf://')",
          "source.revision applies to hf:// sources only", field_path=".revision"),
+    rule("!has(self.revision) || !self.uri.contains('@') || self.uri.endsWith('@' + self.revision)",
+         "source.revision differs from the @<revision> in source.uri", field_path=".revision"),
 ]
 
 
@@ -88,5 +90,8 @@ def check_source(d: dict[str, Any], field: str) -> None:
         raise SpecError(f"{field}.uri", problem)
     if d.get("format") in UNSUPPORTED_FORMATS:
         raise SpecError(f"{field}.format", f"{d['format']} is not supported: the engine loads safetensors only")
-    if d.get("revision") is not None and not d["uri"].startswith("hf://"):
+    revision, uri = d.get("revision"), d["uri"]
+    if revision is not None and not uri.startswith("hf://"):
         raise SpecError(f"{field}.revision", "applies to hf:// sources only")
+    if revision is not None and "@" in uri and not uri.endswith(f"@{revision}"):
+        raise SpecError(f"{field}.revision", f"{revision!r} differs from the @<revision> in source.uri")

@@ -70,6 +70,15 @@ def test_invalid_pool_is_refused(spec: dict[str, Any], field: str, kube: Kube) -
     assert kube.get(IM, "GPUNodePool", "bad-pool") is None
 
 
+def test_pool_name_longer_than_a_label_value_is_refused(kube: Kube) -> None:
+    """Found by the dry-run property test: a 64-character pool name made every Deployment invalid."""
+    obj = {"apiVersion": IM, "kind": "GPUNodePool", "metadata": {"name": "p" * 64},
+           "spec": {"nodeSelector": {"pool": "x"}, "acceleratorId": "nvidia-l4", "gpusPerNode": 1}}
+    with pytest.raises(KubeError) as err:
+        kube.create(obj)
+    assert err.value.status == 422 and "metadata.name" in err.value.message
+
+
 def test_label_shaped_selectors_and_tolerations_are_admitted(kube: Kube) -> None:
     """The new rules refuse only what the pod API refuses: real node labels and taints pass."""
     spec = {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "pool": ""},
@@ -84,6 +93,7 @@ def test_label_shaped_selectors_and_tolerations_are_admitted(kube: Kube) -> None
 
 
 @pytest.mark.parametrize("uri", ["pvc://models/llama-3.1/8b-instruct", "pvc://models", "hf://meta-llama/Llama-3.1-8B",
+                                 "hf://org/model@refs/pr/1",
                                  "s3://my-bucket/org/model=v1+fp8/", "builtin://tiny-deepseek-v3"])
 def test_every_supported_source_form_is_admitted(uri: str, kube: Kube, namespace: str) -> None:
     assert kube.create(make_model("src", namespace).source(uri).obj())["spec"]["source"]["uri"] == uri
