@@ -21,6 +21,7 @@ from deepserve.operator.builders.context import (
     selector,
     version_of,
 )
+from deepserve.operator.builders.frontend import build_frontend_container
 from deepserve.operator.builders.repository import (
     config_key,
     files_hash,
@@ -171,7 +172,8 @@ def build_deployment(ctx: BuildContext, version: str) -> dict[str, Any]:
         pod_labels = {**pod_labels, "deepserve.io/runner": ctx.settings.engine_runner}
     uid = ctx.settings.run_as_user
     pod_spec: dict[str, Any] = {
-        "containers": [container],
+        "containers": [container, build_frontend_container(
+            ctx.model.name, container["image"], rt.pull_policy, rt.drain_s, container["securityContext"])],
         "volumes": volumes,
         "terminationGracePeriodSeconds": termination_grace_seconds(rt.drain_s, rt.exit_timeout_s),
         "enableServiceLinks": False,
