@@ -34,6 +34,7 @@ def build_frontend_container(model: str, image: str, pull_policy: str, drain_s: 
         "command": ["deepserve"],
         "args": frontend_args(model),
         "ports": [{"name": "openai", "containerPort": OPENAI_PORT, "protocol": "TCP"}],
+        "env": [],  # nothing from the model source (its credentials stay with the fetch step)
         "resources": FRONTEND_RESOURCES,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": "openai"}, "periodSeconds": 5,

@@ -131,7 +131,7 @@ def test_engine_pod_runs_the_frontend_next_to_triton() -> None:
     assert front["ports"] == [{"name": "openai", "containerPort": 9000, "protocol": "TCP"}]
     assert front["readinessProbe"]["httpGet"] == {"path": "/health", "port": "openai"}
     assert front["securityContext"] == triton["securityContext"]
-    assert "env" not in front and "envFrom" not in front  # no source credentials here
+    assert front["env"] == [] and "envFrom" not in front  # no source credentials here
     args = build_parser().parse_args(front["args"])  # the real CLI accepts them
     assert args.func.__name__ == "cmd_openai_frontend"
     assert (args.model, args.triton_grpc, args.port) == ("llama", "127.0.0.1:8001", 9000)
