@@ -332,6 +332,10 @@ PLACEMENT_STATUS = obj(
         "acceleratorId": string("Accelerator id from the knowledge base."),
         "gpusPerReplica": integer("GPUs per replica.", minimum=0),
         "tensorParallel": integer("Tensor-parallel degree.", minimum=0),
+        "pipelineParallel": integer("Pipeline stages (1 unless a replica spans several nodes).",
+                                    minimum=0),
+        "nodesPerReplica": integer("Nodes one replica spans (more than 1 is served as a "
+                                   "LeaderWorkerSet).", minimum=0),
         "precision": string("Precision the estimate assumes.", max_length=16),
         "memoryGiBPerGpu": number("Estimated memory per GPU, GiB."),
         "decodeTokensPerSecond": number("Estimated decode tokens/s per replica."),
