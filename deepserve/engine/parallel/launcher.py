@@ -125,7 +125,7 @@ class RankSupervisor:
                     self.on_failure(self.failure)
                     return
 
-    def stop(self, timeout_s: float = 10.0) -> dict[int, int | None]:
+    def stop(self, timeout_s: float = 30.0) -> dict[int, int | None]:
         """Stop watching; wait for the followers to exit, kill those that do not."""
         self._stopping.set()
         codes: dict[int, int | None] = {}
