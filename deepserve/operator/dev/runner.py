@@ -7,6 +7,8 @@ folder, rewrites paths under their mount points, starts ``tritonserver`` bound t
 pod's own loopback IP (ports 8000/8001/8002, as in the pod spec), and reports the
 container's readiness from Triton's ``/v2/health/ready`` into the pod's status. A crashed
 server is restarted (restartCount grows); a deleted pod's server is stopped gracefully.
+The pod's OpenAI frontend container (``deepserve engine openai-frontend``) is played too:
+the same command, bound to the pod's IP and pointed at that pod's Triton.
 
 It is small on purpose and is not part of the operator.
 """
@@ -17,6 +19,8 @@ import contextlib
 import logging
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -50,6 +54,19 @@ class PlayedPod:
     restarts: int = 0
     env: dict[str, str] = field(default_factory=dict)
     repo: Path | None = None
+    frontend_args: list[str] | None = None  # the frontend container's deepserve arguments
+    frontend: subprocess.Popen[bytes] | None = None
+
+
+def frontend_command(pod: dict[str, Any]) -> list[str] | None:
+    """The pod's frontend container as a local command on the pod's IP, or None if it has none."""
+    ip = pod["status"]["podIP"]
+    for c in pod["spec"]["containers"]:
+        args = [str(a) for a in c.get("args", [])]
+        if c.get("command") == ["deepserve"] and args[:2] == ["engine", "openai-frontend"]:
+            local = [a.replace("127.0.0.1", ip).replace("0.0.0.0", ip) for a in args]
+            return [str(Path(sys.executable).parent / "deepserve"), *local]
+    return None
 
 
 def _now() -> str:
@@ -200,7 +217,7 @@ class LocalRunner:
             log.warning("cannot play %s/%s yet: %s", md["namespace"], md["name"], e)
             return None
         played = PlayedPod(md["namespace"], md["name"], md["uid"], pod["status"]["podIP"], root,
-                           container, env=env, repo=repo)
+                           container, env=env, repo=repo, frontend_args=frontend_command(pod))
         self.pods[md["uid"]] = played
         self._launch(played)
         return played
@@ -211,6 +228,26 @@ class LocalRunner:
                                env=p.env, log_path=p.root / f"triton-{p.restarts}.log")
         log.info("starting Triton for pod %s/%s at %s", p.namespace, p.name, p.ip)
         p.triton.start()
+        self._launch_frontend(p)
+
+    def _launch_frontend(self, p: PlayedPod) -> None:
+        if p.frontend_args is None or (p.frontend is not None and p.frontend.poll() is None):
+            return
+        with open(p.root / f"frontend-{p.restarts}.log", "ab") as out:
+            p.frontend = subprocess.Popen(p.frontend_args, stdout=out, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        log.info("starting the OpenAI frontend for pod %s/%s at %s:9000", p.namespace, p.name, p.ip)
+
+    @staticmethod
+    def _stop_frontend(p: PlayedPod) -> None:
+        if p.frontend is not None and p.frontend.poll() is None:
+            p.frontend.terminate()
+            try:
+                p.frontend.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.frontend.kill()
+                p.frontend.wait()
+        p.frontend = None
 
     def _probe(self, p: PlayedPod) -> None:
         assert p.triton is not None
@@ -223,6 +260,11 @@ class LocalRunner:
             self._set_ready(p, False, "ContainerRestarted")
             self._launch(p)
             return
+        if p.frontend is not None and p.frontend.poll() is not None:
+            log.warning("OpenAI frontend of %s/%s exited (%s); restarting", p.namespace, p.name,
+                        p.frontend.returncode)
+            p.frontend = None
+            self._launch_frontend(p)
         ready = p.triton.is_ready()
         if ready != p.ready:
             self._set_ready(p, ready, "TritonReady" if ready else "TritonNotReady")
@@ -249,6 +291,7 @@ class LocalRunner:
         p = self.pods.pop(key, None)
         if p is None:
             return
+        self._stop_frontend(p)
         if p.triton is not None:
             log.info("stopping Triton of pod %s/%s", p.namespace, p.name)
             with contextlib.suppress(Exception):
