@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from deepserve.engine.contract.precision import MANTISSA_BITS, master_precision
+from deepserve.engine.contract.precision import MANTISSA_BITS, master_precision, weight_copies
 from deepserve.engine.model.transformer import Transformer
 from deepserve.engine.options import EngineOptions
 from deepserve.engine.precision import (
@@ -115,7 +115,8 @@ def _install_precision(model: Transformer, options: EngineOptions, features: Eng
     device = model.lm_head.weight.device
     if options.precision == "fp8":
         native, reason = fp8_hardware_support(str(device))
-        handle = apply_adaptive_precision(model, (features.precision, "fp8"),
+        # the copies the planner budgets (contract.precision.weight_copies): master + fp8
+        handle = apply_adaptive_precision(model, weight_copies("fp8", features.precision, native),
                                           allow_reference_fp8=True)
         handle.state.current = "fp8"
         features.precision_handle, features.precision = handle, "fp8"
