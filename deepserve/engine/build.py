@@ -60,4 +60,4 @@ def build_engine(options: EngineOptions) -> InferenceEngine:
     return InferenceEngine(
         model, tokenizer, slots=options.cache_slots, max_input_tokens=options.max_input_tokens,
         max_new_tokens_limit=options.max_new_tokens_limit, precision=features.precision,
-        compile_decode=compile_decode, features=features)
+        compile_decode=compile_decode, features=features, kv_cache_dtype=options.kv_cache_dtype)

@@ -87,6 +87,7 @@ class EngineOptions:
     usage_endpoint: str = ""
     device: str = "auto"
     compile: bool = False
+    kv_cache_dtype: str = "auto"  # "fp8": E4M3 KV cache, half the bytes (issue #19.3)
     served_model: str = ""
     served_version: str = "1"
     namespace: str = ""
@@ -130,6 +131,8 @@ class EngineOptions:
             raise EngineOptionsError("device", f"must be one of {DEVICES}, got {self.device!r}")
         if not isinstance(self.compile, bool):
             raise EngineOptionsError("compile", "must be a boolean")
+        if self.kv_cache_dtype not in ("auto", "fp8"):
+            raise EngineOptionsError("kv_cache_dtype", f"must be 'auto' or 'fp8', got {self.kv_cache_dtype!r}")
 
     @property
     def max_sequence_tokens(self) -> int:

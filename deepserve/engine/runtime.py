@@ -39,6 +39,9 @@ from deepserve.engine.tokenizer import StreamDecoder, TextTokenizer
 
 log = logging.getLogger(__name__)
 
+# "auto": the weights' dtype; "fp8": E4M3 at unit scale (half the bytes of bf16)
+KV_CACHE_DTYPES: dict[str, torch.dtype | None] = {"auto": None, "fp8": torch.float8_e4m3fn}
+
 
 @dataclass(frozen=True)
 class RequestStats:
@@ -150,7 +153,7 @@ class InferenceEngine:
     def __init__(self, model: Transformer, tokenizer: TextTokenizer, *, slots: int,
                  max_input_tokens: int, max_new_tokens_limit: int, precision: str = "fp32",
                  compile_decode: bool = False, features: EngineFeatures | None = None,
-                 warm_up: bool | None = None) -> None:
+                 warm_up: bool | None = None, kv_cache_dtype: str = "auto") -> None:
         self.model, self.tokenizer = model, tokenizer
         # part 2 (sparse attention, adaptive precision, prefix cache); all off by default
         self.features = features or EngineFeatures(precision=precision)
@@ -159,7 +162,12 @@ class InferenceEngine:
         self.max_input_tokens, self.max_new_tokens_limit = max_input_tokens, max_new_tokens_limit
         self.max_seq_len = min(max_input_tokens + max_new_tokens_limit,
                                model.args.max_position_embeddings)
-        model.setup_caches(slots, self.max_seq_len)
+        if kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype: must be one of {sorted(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
+        if kv_cache_dtype == "fp8" and self.features.sparse is not None:
+            raise ValueError("kv_cache_dtype: fp8 is not supported with sparse attention")
+        model.setup_caches(slots, self.max_seq_len, KV_CACHE_DTYPES[kv_cache_dtype])
+        self.kv_cache_dtype = kv_cache_dtype
         self.slots = slots
         self._free = list(range(slots))  # a min-heap: running sequences stay in low slots
         self._running: dict[int, _Sequence] = {}

@@ -9,6 +9,9 @@ per KV head and only the rows a sequence has:
 * **sparse**: rows ``index[b, j]`` where ``valid[b, j]`` (HAG's top-k selection), gathered
   inside the kernel, so no gathered copy of K/V is ever written.
 
+The cache may be stored in fp8 (E4M3, unit scale): rows are converted to the query's dtype
+in registers after the load, so a step reads half the bytes of a bf16 cache.
+
 Work is split along the sequence (flash-decoding): program ``(b, kv_head, split)`` keeps the
 query heads of one KV-head group as a small matrix (tensor-core ``dot`` even at one query
 token), runs an online softmax over its chunk and writes a partial ``(max, sum, acc)``; a
@@ -37,6 +40,8 @@ MAX_HEAD_DIM = 256
 MAX_GROUP = 64  # query heads per KV head the kernel keeps in registers
 
 
+FP8_KV = torch.float8_e4m3fn  # the fp8 KV-cache storage type (unit scale)
+
 RUN_ON_CPU = False  # tests set it: run on CPU tensors through Triton's interpreter
 
 
@@ -55,7 +60,8 @@ def decode_attention_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
     ``q`` [B, H, D], ``k`` [B, Hkv, S, D], ``v`` [B, Hkv, S, Dv]: needs Triton, a CUDA
     device (or the Triton interpreter), D and Dv at most 256 and at most 64 query heads per
-    KV head (MLA's 576-wide latent keys with all heads on one KV head fall back).
+    KV head (MLA's 576-wide latent keys with all heads on one KV head fall back); K and V
+    in the query's dtype or both in fp8 E4M3 (:data:`FP8_KV`).
     """
     if not runs_on(q):
         return False
@@ -64,7 +70,8 @@ def decode_attention_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     heads, kv_heads = q.shape[1], k.shape[1]
     return (heads % kv_heads == 0 and heads // kv_heads <= MAX_GROUP
             and q.shape[-1] == k.shape[-1] <= MAX_HEAD_DIM and v.shape[-1] <= MAX_HEAD_DIM
-            and q.dtype == k.dtype == v.dtype and q.shape[0] == k.shape[0] == v.shape[0])
+            and k.dtype == v.dtype and k.dtype in (q.dtype, FP8_KV)
+            and q.shape[0] == k.shape[0] == v.shape[0])
 
 
 def decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -87,7 +94,7 @@ def decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         vf = v.gather(2, take.expand(-1, kv_heads, -1, v.shape[-1])).float()
     logits = torch.einsum("bkgd,bksd->bkgs", qf, kf) * scale
     logits = logits.masked_fill(~allowed[:, None, None], -math.inf)
-    out = torch.einsum("bkgs,bksd->bkgd", logits.softmax(-1), vf)
+    out = torch.einsum("bkgs,bksd->bkgd", logits.softmax(-1), vf)  # fp8 caches: exact widening
     return out.reshape(bsz, heads, -1).to(q.dtype)
 
 
@@ -120,7 +127,8 @@ def _kernels() -> tuple[Any, Any]:
                        stride_vb, stride_vh, stride_vs, stride_ib, heads, chunk, scale,
                        G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
                        DV: tl.constexpr, DVP: tl.constexpr, SPLITS: tl.constexpr,
-                       BLOCK: tl.constexpr, HAS_INDEX: tl.constexpr, IEEE: tl.constexpr) -> None:
+                       BLOCK: tl.constexpr, HAS_INDEX: tl.constexpr, IEEE: tl.constexpr,
+                       KV_FP8: tl.constexpr) -> None:
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         split = tl.program_id(2)
@@ -149,6 +157,8 @@ def _kernels() -> tuple[Any, Any]:
                 rows = offs
             kt = tl.load(k_base + rows[:, None] * stride_ks + d[None, :],
                          mask=ok[:, None] & (d[None, :] < D), other=0.0)
+            if KV_FP8:  # fp8 rows widened in registers
+                kt = kt.to(q.dtype)
             if IEEE:  # float32 caches: exact float32 products, not TF32
                 s = tl.dot(q, tl.trans(kt), input_precision="ieee") * scale
             else:
@@ -161,6 +171,8 @@ def _kernels() -> tuple[Any, Any]:
             l_i = l_i * alpha + tl.sum(p, 1)
             vt = tl.load(v_base + rows[:, None] * stride_vs + dv[None, :],
                          mask=ok[:, None] & (dv[None, :] < DV), other=0.0)
+            if KV_FP8:
+                vt = vt.to(q.dtype)
             if IEEE:
                 acc = acc * alpha[:, None] + tl.dot(p, vt, input_precision="ieee")
             else:
@@ -228,7 +240,8 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Te
         v.stride(0), v.stride(1), v.stride(2), index.stride(0) if index is not None else 0,
         heads, chunk, scale,
         G=group, GP=pow2(group, 16), D=dim, DP=pow2(dim, 16), DV=dim_v, DVP=dvp,
-        SPLITS=splits, BLOCK=BLOCK_N, HAS_INDEX=index is not None, IEEE=q.dtype == torch.float32)
+        SPLITS=splits, BLOCK=BLOCK_N, HAS_INDEX=index is not None, IEEE=q.dtype == torch.float32,
+        KV_FP8=k.dtype == FP8_KV)
     out = torch.empty(bsz, heads, dim_v, dtype=q.dtype, device=q.device)
     combine_kernel[(bsz, heads)](acc, mx, sm, out, out.stride(0), out.stride(1), heads,
                                  SPLITS=splits, SP=pow2(splits), DV=dim_v, DVP=dvp)

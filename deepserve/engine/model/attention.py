@@ -60,6 +60,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    batch: AttentionBatch, scale: float, layer: int) -> torch.Tensor:
     """Dense masked attention with grouped KV heads (PyTorch scaled_dot_product_attention)."""
     del layer
+    k, v = k.to(q.dtype), v.to(q.dtype)  # an fp8 cache is widened (no copy otherwise)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=batch.mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
     )
@@ -83,7 +84,7 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             return decode_attention(q1, k, v, lengths, scale)[:, :, None]
     elif batch.fresh and seqlen <= k.shape[2]:
         return F.scaled_dot_product_attention(
-            q, k[:, :, :seqlen], v[:, :, :seqlen], is_causal=True, scale=scale,
+            q, k[:, :, :seqlen].to(q.dtype), v[:, :, :seqlen].to(q.dtype), is_causal=True, scale=scale,
             enable_gqa=k.shape[1] != q.shape[1])
     return sdpa_attention(q, k, v, batch, scale, layer)
 

@@ -10,9 +10,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+FP8_MAX = 448.0  # the largest finite float8_e4m3fn value
+
+
+def to_storage(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in the cache's storage dtype; fp8 (E4M3, unit scale) saturates at +-448
+    instead of turning out-of-range values into NaN."""
+    if dtype == torch.float8_e4m3fn:
+        return x.clamp(-FP8_MAX, FP8_MAX).to(dtype)
+    return x
+
 
 class KVCache(nn.Module):
-    """Keys and values per KV head: ``[slots, kv_heads, max_seq, head_dim]``."""
+    """Keys and values per KV head: ``[slots, kv_heads, max_seq, head_dim]``.
+
+    ``dtype`` is the storage type: the model's, or ``torch.float8_e4m3fn`` for an fp8 cache
+    (half the bytes of bf16; attention widens rows back to the query's dtype).
+    """
 
     k_cache: torch.Tensor
     v_cache: torch.Tensor
@@ -35,8 +49,8 @@ class KVCache(nn.Module):
         bsz = k.shape[0]
         rows = torch.arange(bsz, device=k.device) if slots is None else slots
         # advanced indices around a slice put the indexed dims first: [B, T, Hkv, D]
-        self.k_cache[rows[:, None], :, positions] = k.transpose(1, 2)
-        self.v_cache[rows[:, None], :, positions] = v.transpose(1, 2)
+        self.k_cache[rows[:, None], :, positions] = to_storage(k.transpose(1, 2), self.k_cache.dtype)
+        self.v_cache[rows[:, None], :, positions] = to_storage(v.transpose(1, 2), self.v_cache.dtype)
         if slots is None:
             return self.k_cache[:bsz], self.v_cache[:bsz]
         return self.k_cache[slots], self.v_cache[slots]

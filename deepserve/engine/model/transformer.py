@@ -64,14 +64,19 @@ class Transformer(nn.Module):
         self.rope_cos: torch.Tensor | None = None
         self.rope_sin: torch.Tensor | None = None
 
-    def setup_caches(self, slots: int, max_seq_len: int) -> None:
+    def setup_caches(self, slots: int, max_seq_len: int, kv_dtype: torch.dtype | None = None) -> None:
         """Allocate the KV cache for ``slots`` sequences of up to ``max_seq_len`` tokens.
 
         Uses the device and dtype of the loaded weights; also builds the rotary tables.
+        ``kv_dtype`` stores keys and values in another dtype (``torch.float8_e4m3fn``:
+        grouped-query attention only; MLA's latent cache stays in the weights' dtype).
         """
         weight = self.lm_head.weight
         device, dtype = weight.device, weight.dtype
         args = self.args
+        if kv_dtype is not None and kv_dtype != dtype and args.is_mla:
+            raise ValueError("kv_cache_dtype: an fp8 KV cache needs grouped-query attention, "
+                             "not MLA's latent cache")
         for layer in self.model.layers:
             attn = cast(DecoderLayer, layer).self_attn
             if isinstance(attn, MultiHeadLatentAttention):
@@ -79,7 +84,7 @@ class Transformer(nn.Module):
                                          dtype, device)
             else:
                 attn.cache = KVCache(slots, args.num_kv_heads, max_seq_len, args.head_dim,
-                                     args.head_dim, dtype, device)
+                                     args.head_dim, kv_dtype or dtype, device)
         rope_dim = args.qk_rope_head_dim if args.is_mla else args.head_dim
         cos, sin = rope_tables(args.rope, rope_dim, max_seq_len, device)
         self.rope_cos, self.rope_sin = cos.to(dtype), sin.to(dtype)

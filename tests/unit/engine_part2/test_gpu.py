@@ -177,3 +177,16 @@ def test_compiled_bucketed_decoder_replays_graphs_equal_to_eager_at_every_bucket
             eager = decode_step(model, tokens, positions)  # writes the same rows the replay does
             torch.testing.assert_close(decoder(tokens, positions), eager, rtol=1e-4, atol=1e-4)
     assert sum(decoder.steps_per_bucket.values()) == 5 and len(decoder.capture_seconds) == len(decoder.buckets)
+
+
+def test_decode_kernel_over_an_fp8_cache_on_cuda_equals_reference() -> None:
+    from deepserve.engine.kernels import decode_attention, decode_attention_reference
+    from deepserve.engine.model.cache import to_storage
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    q = torch.randn(16, 32, 128, device="cuda", generator=gen).bfloat16()
+    k = to_storage(torch.randn(16, 8, 3000, 128, device="cuda", generator=gen), torch.float8_e4m3fn)
+    v = to_storage(torch.randn(16, 8, 3000, 128, device="cuda", generator=gen), torch.float8_e4m3fn)
+    lengths = torch.randint(1, 3001, (16,), device="cuda", generator=gen, dtype=torch.int32)
+    out = decode_attention(q, k, v, lengths, 128**-0.5)
+    ref = decode_attention_reference(q, k, v, lengths, 128**-0.5)
+    assert out.dtype == torch.bfloat16 and (out.float() - ref.float()).abs().max().item() < 2e-2
