@@ -187,10 +187,15 @@ def test_dropped_client_cancels_the_engine_and_is_billed_once(frontend: Frontend
     while seen < 3:  # three chunks of text arrived: generation is under way
         line = resp.fp.readline()
         seen += line.startswith(b"data: ")
+    dropped = time.monotonic()
     conn.sock.close()  # the client goes away mid-stream
     conn.close()
     (event,) = _events(frontend.spool, "front-cancel-1")
     assert event.status == "cancelled" and 3 <= event.generated_tokens < 790
+    # how far past the drop the engine went (docs/engine.md "Cancellation")
+    rate = event.generated_tokens / max(event.compute_ms / 1000, 1e-3)
+    print(f"cancel: {event.generated_tokens} tokens billed, ~{seen} seen by the client, "
+          f"{rate:.0f} tok/s, event {time.monotonic() - dropped:.2f}s after the drop")
     # billing equals the work: the engine's own token counter moved by exactly the billed tokens
     assert _generated_total(frontend) - before == event.generated_tokens
     # non-streaming caller that times out: cancelled too
