@@ -126,7 +126,9 @@ def _install_precision(model: Transformer, options: EngineOptions, features: Eng
     if len(handle.precisions) == 1:
         return
     scheduler = PrecisionScheduler(handle, model.model.embed_tokens, options.error_bound)
-    batches = _calibration_batches(tokenize)
+    # on the model's device: the scheduler embeds them for its outlier signal (a CPU index
+    # into CUDA embeddings failed every GPU build with precision auto where fp8 is native)
+    batches = [b.to(device) for b in _calibration_batches(tokenize)]
     model.setup_caches(1, batches[0].shape[1])
     with torch.inference_mode():
         scheduler.calibrate(_forward(model), batches)
