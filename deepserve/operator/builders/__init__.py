@@ -14,6 +14,7 @@ from deepserve.operator.builders.context import (
 )
 from deepserve.operator.builders.deployment import build_deployment
 from deepserve.operator.builders.leaderworkerset import build_workload
+from deepserve.operator.builders.network_policy import build_network_policy
 from deepserve.operator.builders.networking import (
     build_httproute,
     build_model_service,
@@ -24,8 +25,11 @@ from deepserve.operator.builders.repository import build_repository_configmap, e
 
 
 def build_children(ctx: BuildContext) -> list[dict[str, Any]]:
-    """Every object a model owns, in apply order (ConfigMaps before the Deployments)."""
+    """Every object a model owns, in apply order (the NetworkPolicy and ConfigMaps before the
+    Deployments, so no engine pod is ever reachable unguarded)."""
     out: list[dict[str, Any]] = []
+    if ctx.settings.engine_policy is not None:
+        out.append(build_network_policy(ctx, ctx.settings.engine_policy))
     for v in ctx.spec.versions:
         out.append(build_repository_configmap(ctx, v.name))
     for v in ctx.spec.versions:
@@ -47,6 +51,7 @@ __all__ = [
     "build_deployment",
     "build_httproute",
     "build_model_service",
+    "build_network_policy",
     "build_pdb",
     "build_repository_configmap",
     "build_version_service",

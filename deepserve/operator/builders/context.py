@@ -21,6 +21,16 @@ OPENAI_PORT = 9000  # the engine pod's OpenAI frontend (the gateway's upstream)
 
 
 @dataclass(frozen=True)
+class EnginePolicy:
+    """Who may reach engine pods (their NetworkPolicy): the release's gateway and operator pods,
+    and metrics scrapers (pods labelled ``metrics_labels`` in ``metrics_namespace``, any when None)."""
+
+    release_namespace: str
+    metrics_namespace: str | None = None
+    metrics_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "prometheus"),)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Operator-wide settings the builders need (from `deepserve operator run` flags)."""
 
@@ -37,6 +47,8 @@ class Settings:
     allow_pool_move: bool = False
     # The LeaderWorkerSet API is installed: multi-node replicas can be served
     leaderworkerset: bool = False
+    # Engine pods get a NetworkPolicy admitting only these peers (None: no policy)
+    engine_policy: EnginePolicy | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PEERING_NAME = "deepserve"
+DEFAULT_METRICS_FROM = "*/app.kubernetes.io/name=prometheus"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def register(sub: Any) -> None:
@@ -48,6 +50,15 @@ def register(sub: Any) -> None:
                      help="the activator serving NAMESPACE and its /metrics URL (repeatable): requests it "
                           "holds count as demand, and a model never scales to zero while any are held")
     run.add_argument("--liveness", default="", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--engine-network-policy", choices=["on", "off"], default="on",
+                     help="give each model's engine pods a NetworkPolicy admitting only the gateway, the operator "
+                          "and metrics scrapers")
+    run.add_argument("--release-namespace", default="", metavar="NAMESPACE",
+                     help="namespace of the gateway and operator pods the policy admits (default: the "
+                          "operator's own, from its service account; else deepserve)")
+    run.add_argument("--metrics-from", default=DEFAULT_METRICS_FROM, metavar="NAMESPACE/KEY=VALUE",
+                     help="pods that may scrape engine metrics: a namespace ('*' for any) and a pod label "
+                          f"(default {DEFAULT_METRICS_FROM})")
     run.set_defaults(func=_run)
 
     gen = ops.add_parser("gen-crds", help="write crds/ (and charts/deepserve/crds/) from the schema")
@@ -151,6 +162,31 @@ def _activators(items: list[str]) -> dict[str, str]:
     return out
 
 
+def engine_policy(enabled: str, release_namespace: str, metrics_from: str,
+                  own_namespace_file: Path = SERVICE_ACCOUNT_NAMESPACE) -> Any:
+    """The EnginePolicy the flags ask for (None when off); exits naming a malformed flag."""
+    import re
+
+    from deepserve.operator.api.schema_types import DNS_LABEL, LABEL_VALUE, QUALIFIED_NAME
+    from deepserve.operator.builders.context import EnginePolicy
+
+    if enabled == "off":
+        return None
+    namespace = release_namespace
+    if not namespace:
+        with contextlib.suppress(OSError):
+            namespace = own_namespace_file.read_text().strip()
+    namespace = namespace or "deepserve"
+    if not re.match(DNS_LABEL.replace("[a-z]", "[a-z0-9]", 1), namespace):
+        raise SystemExit(f"--release-namespace {namespace!r}: not a namespace name")
+    where, sep, label = metrics_from.partition("/")
+    key, eq, value = label.partition("=")
+    if not (sep and eq and re.match(QUALIFIED_NAME, key) and re.match(LABEL_VALUE, value)) or not where:
+        raise SystemExit(f"--metrics-from {metrics_from!r}: expected NAMESPACE/KEY=VALUE ('*' for any namespace), "
+                         "KEY a label key and VALUE a label value")
+    return EnginePolicy(namespace, None if where == "*" else where, ((key, value),))
+
+
 def _run(args: argparse.Namespace) -> int:
     activators = _activators(args.activator)
     import kopf
@@ -166,7 +202,9 @@ def _run(args: argparse.Namespace) -> int:
     settings = Settings(engine_image=args.engine_image, usage_endpoint=args.usage_endpoint,
                         gateway_api=gateway_api, gateway_parent=parent,
                         engine_runner=args.engine_runner, allow_pool_move=args.allow_pool_move,  # type: ignore[arg-type]
-                        leaderworkerset=_leaderworkerset_api(args.kubeconfig))
+                        leaderworkerset=_leaderworkerset_api(args.kubeconfig),
+                        engine_policy=engine_policy(args.engine_network_policy, args.release_namespace,
+                                                    args.metrics_from))
     autoscaler = AutoscalerOptions(tick_s=args.autoscale_tick, manual_hold_s=args.manual_hold,
                                    allow_pool_move=args.allow_pool_move,
                                    activators=activators) if args.autoscale_tick > 0 else None

@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 MODELS = (GROUP, VERSION, "inferencemodels")
 CHILD_KINDS = {"configmaps": ("", "v1"), "services": ("", "v1"), "deployments": ("apps", "v1"),
-               "poddisruptionbudgets": ("policy", "v1")}
+               "poddisruptionbudgets": ("policy", "v1"), "networkpolicies": ("networking.k8s.io", "v1")}
 ROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
 LEADERWORKERSETS = ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")  # multi-node replicas
 
@@ -176,7 +176,7 @@ def observe(model: dict[str, Any], indexes: dict[str, Any], state: ControllerSta
     key = (model["metadata"]["namespace"], model["metadata"]["name"])
     children = {}
     for name in ("ds_configmaps", "ds_services", "ds_deployments", "ds_poddisruptionbudgets", "ds_httproutes",
-                 "ds_leaderworkersets"):
+                 "ds_leaderworkersets", "ds_networkpolicies"):
         idx = indexes.get(name)
         for ref in (idx.get(key, []) if idx else []):
             children[ref.key] = ref

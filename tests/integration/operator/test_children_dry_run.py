@@ -26,6 +26,7 @@ from deepserve.operator.builders import (
     Settings,
     build_children,
 )
+from deepserve.operator.builders.context import EnginePolicy
 from deepserve.operator.controller.reconcile import split_replicas
 from deepserve.operator.kube import Kube, KubeError
 
@@ -150,7 +151,7 @@ def children_of(model: dict[str, Any], pool: dict[str, Any]) -> list[dict[str, A
     replicas = split_replicas(spec.scaling.desired(), {v.name: v.weight for v in spec.versions})
     md = model["metadata"]
     ctx = BuildContext(ModelRef(md["name"], md["namespace"], "0d9c1c4e-0000-4000-8000-000000000000"), spec,
-                       chosen, Settings(), replicas)
+                       chosen, Settings(engine_policy=EnginePolicy("deepserve", None)), replicas)
     return build_children(ctx)
 
 

@@ -30,6 +30,7 @@ WORKLOAD_RULES = {
     ("", "services"): CRUD,
     ("", "configmaps"): CRUD,
     ("policy", "poddisruptionbudgets"): CRUD,
+    ("networking.k8s.io", "networkpolicies"): CRUD,
     ("gateway.networking.k8s.io", "httproutes"): CRUD,
     ("leaderworkerset.x-k8s.io", "leaderworkersets"): CRUD,
     ("", "pods"): READ,
