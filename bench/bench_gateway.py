@@ -15,7 +15,9 @@ runs), and this load generator. Per run:
    loop), and the same against the pod direct (the ratio bounds what the client can drive).
 3. Streaming: time to the first SSE event (TTFT), direct and through the gateway, at a
    modest fixed rate; added = gateway minus direct (p50).
-5. With ``--litellm PATH``: chat completions direct, through the gateway and through
+5. Idle connections: ``--idle`` (10,000) TCP connections opened to the gateway and left
+   silent, and a caller's p50/p99 at 20 req/s meanwhile (the quiet tenant alone is the baseline).
+6. With ``--litellm PATH``: chat completions direct, through the gateway and through
    LiteLLM's proxy (from PyPI, in its own venv; master key only, as its virtual keys and
    per-key limits need a Postgres database), p50/p99 at ``--lite-rate`` and max req/s.
 4. Fairness: a quiet tenant at 20 req/s, its p99 alone and beside a noisy tenant sending
@@ -242,10 +244,29 @@ async def fairness(s: aiohttp.ClientSession, gw: str, args: argparse.Namespace,
         fixed_rate(s, gw, quiet_rate, args.seconds),
         fixed_rate(s, gw, noisy_rate, args.seconds, key=NOISY_KEY),
     )
+    add(f"quiet tenant p50 ms alone @{quiet_rate:g}/s", pct(alone, 0.5) * 1e3)
     add(f"quiet tenant p99 ms alone @{quiet_rate:g}/s", pct(alone, 0.99) * 1e3)
+    add(f"quiet tenant p50 ms beside noisy @{noisy_rate:g}/s", pct(beside, 0.5) * 1e3)
     add(f"quiet tenant p99 ms beside noisy @{noisy_rate:g}/s", pct(beside, 0.99) * 1e3)
     admitted = sum(1 for v in noisy if v >= 0)
     add("noisy tenant admitted req/s (limit used up)", admitted / args.seconds)
+
+
+async def idle_connections(s: aiohttp.ClientSession, gw: str, args: argparse.Namespace,
+                           add: Callable[[str, float], None]) -> None:
+    """A caller's p50/p99 at 20 req/s while ``--idle`` connections sit open doing nothing."""
+    host, port = gw.removeprefix("http://").split(":")
+    idle: list[asyncio.StreamWriter] = []
+    for _ in range(0, args.idle, 250):
+        opened = await asyncio.gather(*[asyncio.open_connection(host, int(port)) for _ in range(250)])
+        idle += [writer for _, writer in opened]
+    try:
+        lat = await fixed_rate(s, gw, 20, args.seconds)
+        add(f"p50 ms @20/s beside {args.idle} idle connections", pct(lat, 0.5) * 1e3)
+        add(f"p99 ms @20/s beside {args.idle} idle connections", pct(lat, 0.99) * 1e3)
+    finally:
+        for writer in idle:
+            writer.close()
 
 
 def summary(name: str, values: list[float], unit: str) -> str:
@@ -264,7 +285,8 @@ async def side_by_side(s: aiohttp.ClientSession, pod: str, gw: str, lite: str, a
 
 
 async def bench(args: argparse.Namespace, pod: str, gw: str, lite: str | None) -> None:
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=5)  # below the servers' idle timeout
+    # idle pooled connections closed after 2 s: below every server's idle timeout (uvicorn's is 5 s)
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
     figures: dict[str, list[float]] = {}
 
     def add(key: str, value: float) -> None:
@@ -291,9 +313,12 @@ async def bench(args: argparse.Namespace, pod: str, gw: str, lite: str | None) -
             add(f"TTFT p50 ms gateway @{args.stream_rate:g}/s", pct(ttft_gw, 0.5) * 1e3)
             add("TTFT added p50 ms", (pct(ttft_gw, 0.5) - pct(ttft_direct, 0.5)) * 1e3)
             await fairness(s, gw, args, add)
+            if args.idle:
+                await idle_connections(s, gw, args, add)
             if lite is not None:
                 await side_by_side(s, pod, gw, lite, args, add)
-            print(f"run {run + 1}/{args.runs} done", flush=True)
+            print(f"run {run + 1}/{args.runs} done: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in figures.items()),
+                  flush=True)
     for key, values in figures.items():
         unit = "x" if "/ direct" in key else ("ms" if " ms" in key else "req/s")
         print(summary(key, values, unit))
@@ -307,6 +332,7 @@ def main() -> None:
     p.add_argument("--stream-rate", type=float, default=100.0)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--idle", type=int, default=10_000, help="idle connections held open in one step")
     p.add_argument("--litellm", default="", help="path of a `litellm` proxy binary: also measure it")
     p.add_argument("--lite-rate", type=float, default=100.0, help="fixed rate of the side by side")
     p.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
@@ -329,7 +355,11 @@ def main() -> None:
     finally:
         for proc in procs:
             proc.terminate()
-            proc.wait(timeout=10)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 if __name__ == "__main__":
