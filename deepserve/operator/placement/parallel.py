@@ -292,10 +292,15 @@ def plan_multi_node(shape: ModelShape, pools: Sequence[PoolOffer], request: Plac
             continue
         if pool.price_per_gpu_hour is not None and pool.currency != request.currency:
             continue
+        no_room: set[int] = set()  # TP degrees out of whole nodes: more nodes per replica fit fewer
         for layout in node_layouts(shape, pool, request.max_tp):
             if request.gpus_per_replica is not None and layout[0] * layout[1] != request.gpus_per_replica:
                 continue
+            if layout[0] in no_room:
+                continue
             cand = _candidate(shape, pool, acc, precision, layout, request, work, factors)
+            if cand.rejected_code == "NoCapacity":
+                no_room.add(layout[0])
             if cand.feasible and request.slo_min_tokens_per_s and (
                     cand.per_request_tokens_per_s < request.slo_min_tokens_per_s):
                 cand = MultiNodeCandidate(**{**cand.__dict__, "rejected_code": "SLONotMet",
