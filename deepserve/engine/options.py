@@ -117,9 +117,8 @@ class EngineOptions:
             raise EngineOptionsError("sparse_attention", "must be a SparseAttentionOptions")
         _require_int("prefix_cache_mib", self.prefix_cache_mib, 0)
         _require_int("host_cache_mib", self.host_cache_mib, 0)
+        # any degree that splits the heads runs (the planner may pick 3 or 6 for 48 heads)
         _require_int("tensor_parallel", self.tensor_parallel, 1, 64)
-        if self.tensor_parallel & (self.tensor_parallel - 1):
-            raise EngineOptionsError("tensor_parallel", f"must be a power of two, got {self.tensor_parallel}")
         _require_int("pipeline_parallel", self.pipeline_parallel, 1, 256)
         _require_int("max_queue_delay_us", self.max_queue_delay_us, 0)
         for name in ("usage_spool_dir", "usage_endpoint", "served_model", "served_version",

@@ -31,30 +31,37 @@ class TensorParallelError(ValueError):
     """The model's shape cannot be split over the requested number of ranks."""
 
 
+def _bounds(total: int, rank: int, world: int, unit: int = 1) -> slice:
+    """Rank ``rank``'s contiguous share of ``total`` in whole ``unit``s, balanced.
+
+    Heads split evenly (callers check); an MLP width that ``world`` does not divide (say
+    16384 over 3 ranks) splits into shares one unit apart, which sum to the same output.
+    """
+    units, rem = divmod(total, unit)
+    if rem or units < world:
+        raise TensorParallelError(f"{total} rows do not split into {world} shares of {unit}")
+    base, extra = divmod(units, world)
+    start = rank * base + min(rank, extra)
+    size = base + (1 if rank < extra else 0)
+    return slice(start * unit, (start + size) * unit)
+
+
 def _shard_rows(linear: nn.Linear, rank: int, world: int, unit: int = 1) -> None:
     """Keep this rank's contiguous share of ``linear``'s output rows (in multiples of ``unit``)."""
-    rows = linear.weight.shape[0]
-    if rows % (world * unit):
-        raise TensorParallelError(f"{rows} output rows do not split into {world} x {unit}")
-    part = rows // world
-    sl = slice(rank * part, (rank + 1) * part)
+    sl = _bounds(linear.weight.shape[0], rank, world, unit)
     linear.weight = nn.Parameter(linear.weight.detach()[sl].clone(), requires_grad=False)
     if linear.bias is not None:
         linear.bias = nn.Parameter(linear.bias.detach()[sl].clone(), requires_grad=False)
-    linear.out_features = part
+    linear.out_features = sl.stop - sl.start
 
 
-def _shard_columns(linear: nn.Linear, rank: int, world: int) -> None:
+def _shard_columns(linear: nn.Linear, rank: int, world: int, unit: int = 1) -> None:
     """Keep this rank's share of input columns; the bias is added once (on rank 0)."""
-    cols = linear.weight.shape[1]
-    if cols % world:
-        raise TensorParallelError(f"{cols} input columns do not split into {world}")
-    part = cols // world
-    linear.weight = nn.Parameter(linear.weight.detach()[:, rank * part:(rank + 1) * part].clone(),
-                                 requires_grad=False)
+    sl = _bounds(linear.weight.shape[1], rank, world, unit)
+    linear.weight = nn.Parameter(linear.weight.detach()[:, sl].clone(), requires_grad=False)
     if linear.bias is not None and rank != 0:
         linear.bias = nn.Parameter(torch.zeros_like(linear.bias), requires_grad=False)
-    linear.in_features = part
+    linear.in_features = sl.stop - sl.start
 
 
 def _all_reduce_hook(group: Any) -> Any:

@@ -32,7 +32,7 @@ def test_options_round_trip_through_json() -> None:
 @pytest.mark.parametrize(("changes", "field"), [
     ({"precision": "int3"}, "precision"),
     ({"max_batch_size": 0}, "max_batch_size"),
-    ({"tensor_parallel": 3}, "tensor_parallel"),
+    ({"tensor_parallel": 0}, "tensor_parallel"),
     ({"error_bound": 1.5}, "error_bound"),
     ({"kv_cache_tokens": 10}, "kv_cache_tokens"),
     ({"usage_endpoint": "ftp://x"}, "usage_endpoint"),

@@ -116,3 +116,24 @@ def test_kv_heads_are_replicated_when_ranks_outnumber_them(part2_dirs: dict[str,
             shard.cache = KVCache(1, 1, 64, attn.head_dim, attn.head_dim, torch.float32)
             total += shard(x, batch)  # what the all-reduce adds
     torch.testing.assert_close(total, full, rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_width_that_does_not_divide_splits_unevenly(part2_dirs: dict[str, Path]) -> None:
+    """TP=3 over an MLP of width 128: shares of 43/43/42 rows still sum to the full output."""
+    import copy
+
+    from deepserve.engine.parallel.tensor_parallel import _split_mlp
+
+    mlp = load_transformer(part2_dirs["llama"]).model.layers[0].mlp
+    x = torch.randn(2, 5, mlp.gate_proj.in_features, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        full = mlp(x)
+        total = torch.zeros_like(full)
+        widths = []
+        for rank in range(3):
+            shard = copy.deepcopy(mlp)
+            _split_mlp(shard, rank, 3)  # type: ignore[arg-type]
+            widths.append(shard.gate_proj.out_features)
+            total += shard(x)
+    assert widths == [43, 43, 42]
+    torch.testing.assert_close(total, full, rtol=1e-5, atol=1e-5)

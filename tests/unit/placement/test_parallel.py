@@ -121,3 +121,23 @@ def test_link_data_has_sources_and_matches_the_accelerators() -> None:
     assert intra_node_fabric(a100).bandwidth_gbs == a100.interconnect_gbs / 2
     assert inter_node_fabric(a100).id == "ib-hdr" and inter_node_fabric(h200).id == "ib-ndr"
     assert inter_node_fabric(CATALOG.get("nvidia-l4")).id == "ethernet-100g"
+
+
+@pytest.mark.parametrize("strategy", ["cost", "latency", "throughput"])
+def test_every_feasible_option_is_one_the_engine_accepts(strategy: str) -> None:
+    # 48 heads = 48 KV heads: TP 3 and 6 split them; the engine must take whatever is chosen
+    from deepserve.engine.options import EngineOptions
+
+    config = {"model_type": "llama", "hidden_size": 6144, "num_hidden_layers": 40,
+              "num_attention_heads": 48, "num_key_value_heads": 48, "intermediate_size": 16384,
+              "vocab_size": 32000, "max_position_embeddings": 8192}
+    shape = ModelShape.from_hf_config(config)
+    pool = PoolOffer("a100", "nvidia-a100-sxm4-40gb", 8, 2, 16, 1.0, max_nodes=2)
+    plan = plan_placement(shape, [pool], PlacementRequest(precision="bf16", strategy=strategy))
+    feasible = [c for c in plan.ranked if c.feasible]
+    assert {3, 6} <= {c.tensor_parallel for c in plan.ranked}
+    for cand in feasible:
+        pp = getattr(cand, "pipeline_parallel", 1)
+        EngineOptions(model_dir="m", tensor_parallel=cand.tensor_parallel, pipeline_parallel=pp)
+        check_layout(cand.tensor_parallel, pp, num_layers=shape.layers, attention_heads=shape.heads,
+                     kv_heads=shape.kv_heads, gpus=cand.gpus_per_replica)
