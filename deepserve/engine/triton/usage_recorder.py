@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import uuid
 from typing import Any
 
 from deepserve.engine.options import EngineOptions
 from deepserve.engine.runtime import GenerationChunk
+from deepserve.engine.usage import NAME_MATCH
 
 log = logging.getLogger(__name__)
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,252}$")
 _STATUS = {"stop": "ok", "length": "ok", "cancelled": "cancelled", "error": "error"}
 
 
@@ -57,7 +56,7 @@ class UsageRecorder:
 
         stats = chunk.stats
         request_id = chunk.request_id
-        if not _SAFE_ID.match(request_id):  # client ids are untrusted; keep them deterministic
+        if not NAME_MATCH(request_id):  # client ids are untrusted; keep them deterministic
             request_id = str(uuid.uuid5(uuid.NAMESPACE_URL, request_id))
         try:
             self.spool.append(UsageEvent.create(
