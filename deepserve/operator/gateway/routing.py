@@ -4,9 +4,12 @@
   can be tried); else ``X-Deepserve-Session`` is hashed onto the cumulative weights, so one
   session stays on one version while the weights stay; else a weighted random choice.
 - Replica: among the version's Ready replicas, the highest score
-  ``matched prefix blocks - load_penalty x (outstanding - least outstanding)``; ties go to
-  the least outstanding, then at random. Outstanding counts requests this gateway has in
-  flight to the replica.
+  ``matched prefix blocks - load_penalty x (outstanding - least outstanding)
+  - load_penalty x (queued at the pod + kv_weight x KV-cache use)``; ties go to the least
+  outstanding, then at random. Outstanding counts requests this gateway has in flight to the
+  replica; the pod's queue and KV-cache use (Gateway API Inference Extension gauges, see
+  ``gateway.podload``) count when they were scraped recently, so other gateway replicas' load
+  is seen too.
 
 :class:`ModelRoute` is the immutable description (from discovery or configuration);
 :class:`Router` holds the live state (outstanding counts, the prefix index, one
@@ -25,6 +28,7 @@ from deepserve.operator.gateway.prefix import PrefixIndex
 
 DEFAULT_VERSION = "default"
 DEFAULT_LOAD_PENALTY = 8.0  # prefix blocks one extra request in flight is worth
+DEFAULT_KV_WEIGHT = 2.0  # a full KV cache counts as this many requests queued
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,13 @@ class Router:
         seed: int | None = None,
         prefix: PrefixIndex | None = None,
         load_penalty: float = DEFAULT_LOAD_PENALTY,
+        kv_weight: float = DEFAULT_KV_WEIGHT,
     ) -> None:
         self._rng = random.Random(seed)
         self.prefix = prefix if prefix is not None else PrefixIndex()
         self.load_penalty = load_penalty
+        self.kv_weight = kv_weight
+        self.pod_load: dict[str, tuple[float, float]] = {}  # replica -> (queued, kv use 0..1), fresh
         self._by_name: dict[str, ModelRoute] = {}
         self._versions: dict[str, dict[str, VersionState]] = {}
         self.set_routes(routes)
@@ -130,6 +137,10 @@ class Router:
     def lookup(self, model: str) -> ModelRoute | None:
         """The route a model name or alias means, or None."""
         return self._by_name.get(model)
+
+    def replicas(self) -> list[str]:
+        """Every Ready replica URL of every route."""
+        return sorted({u for states in self._versions.values() for st in states.values() for u in st.upstreams})
 
     def routes(self) -> list[ModelRoute]:
         """Every route once, sorted by full name."""
@@ -173,7 +184,9 @@ class Router:
         best_key: tuple[float, int] | None = None
         for url in state.upstreams:
             load = loads.get(url, 0)
-            key = (matched.get(url, 0) - self.load_penalty * (load - least), -load)
+            queued, kv = self.pod_load.get(url, (0.0, 0.0))
+            pressure = load - least + queued + self.kv_weight * kv
+            key = (matched.get(url, 0) - self.load_penalty * pressure, -load)
             if best_key is None or key > best_key:
                 best, best_key = [url], key
             elif key == best_key:

@@ -16,8 +16,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -25,12 +24,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from deepserve.engine.openai_api import MAX_BODY_BYTES, OpenAIError, parse_chat, parse_completion
+from deepserve.operator.gateway.config import Discovery, GatewayConfig, tls_context
 from deepserve.operator.gateway.dispatch import dispatch
 from deepserve.operator.gateway.errors import Refused, not_found
-from deepserve.operator.gateway.hold import HoldConfig, Holder, ScaleUp
+from deepserve.operator.gateway.hold import Holder, ScaleUp
 from deepserve.operator.gateway.kserve import KServeProxy
 from deepserve.operator.gateway.limits import Refusal, TenantLimiter, Ticket, estimate_tokens
 from deepserve.operator.gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
+from deepserve.operator.gateway.podload import PodLoadScraper
 from deepserve.operator.gateway.prefix import block_hashes
 from deepserve.operator.gateway.proxy import (
     REQUEST_ID_HEADER,
@@ -50,39 +51,10 @@ SESSION_HEADER = "X-Deepserve-Session"
 __all__ = ["SESSION_HEADER", "TENANT_HEADER", "Gateway", "GatewayConfig", "ModelRoute", "tls_context"]
 
 
-@dataclass(frozen=True)
-class GatewayConfig:
-    """Timeouts and bounds of one gateway process."""
-
-    body_timeout_s: float = 30.0  # a caller must send its whole body within this (else 408)
-    keepalive_timeout_s: float = 75.0  # idle connections (also ones that never send) closed;
-    # longer than a load balancer's idle timeout (60 s on common ones), so the LB closes first
-    upstream_connect_s: float = 5.0
-    upstream_read_s: float = 300.0  # longest silence between two upstream chunks
-    default_max_tokens: int = 256  # token estimate for a request without max_tokens
-    hold: HoldConfig = field(default_factory=HoldConfig)
-
-
-class Discovery(Protocol):
-    """Keeps the gateway's routes in step with the cluster (see ``gateway.discovery``)."""
-
-    def start(self, apply: Callable[[list[ModelRoute]], None]) -> None: ...
-
-    def stop(self) -> None: ...
-
-
 def _error(exc: OpenAIError, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=exc.status, body=exc.body(), content_type="application/json", headers=headers
     )
-
-
-def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    """A server TLS context (TLS 1.2 or later) from PEM certificate-chain and key files."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
-    return context
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -129,6 +101,7 @@ class Gateway:
         self._discovery = discovery
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
+        self._scraper: PodLoadScraper | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -190,6 +163,9 @@ class Gateway:
         self._session = aiohttp.ClientSession(
             timeout=timeout, connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
         )
+        if self.config.pod_load_every_s > 0:
+            self._scraper = PodLoadScraper(self.router, self.config.pod_load_every_s)
+            self._scraper.start(self._session)
         if self._discovery is not None:
             loop = asyncio.get_running_loop()
 
@@ -199,6 +175,8 @@ class Gateway:
             self._discovery.start(apply)
 
     async def _on_stop(self, _app: web.Application) -> None:
+        if self._scraper is not None:
+            await self._scraper.stop()
         if self._discovery is not None:
             self._discovery.stop()
         if self._session is not None:

@@ -116,3 +116,19 @@ def test_set_routes_keeps_counts_and_wakes_waiters() -> None:
     assert state.outstanding == {"http://a": 1, "http://b": 0}
     router.set_routes([])
     assert router.lookup("team/chat") is None and router.state(empty, "stable") is None
+
+
+def test_pod_queue_and_kv_use_steer_away_from_a_busy_replica() -> None:
+    router = Router([CANARY], seed=1, load_penalty=8.0)
+    state = router.state(CANARY, "stable")
+    assert state is not None
+    system = "You are a careful assistant. " * 40  # 18 matched blocks on s2
+    hashes = block_hashes(system + "question")
+    router.started(state, "http://s2", hashes)
+    router.finished(state, "http://s2")
+    router.pod_load = {"http://s2": (1.0, 0.5)}  # queued 1, half the cache: 18 - 8 x 2 > 0
+    assert router.pick(state, hashes) == "http://s2"
+    router.pod_load = {"http://s2": (2.0, 0.5)}  # other gateways' load: 18 - 8 x 3 < 0
+    assert router.pick(state, hashes) == "http://s1"
+    router.pod_load = {"http://s1": (0.0, 0.9), "http://s2": (0.0, 0.1)}
+    assert all(router.pick(state, []) == "http://s2" for _ in range(10))

@@ -275,3 +275,33 @@ def test_tls_serves_https_with_the_given_certificate(tmp_path: Any) -> None:
             await runner.cleanup()
 
     run(body)
+
+
+def test_pod_load_gauges_are_scraped_from_the_pods_metrics_page() -> None:
+    from aiohttp import web
+
+    from deepserve.engine.openai_frontend.metrics import render_gauges
+    from deepserve.operator.gateway.podload import PodLoadScraper
+
+    gauges = {"deepserve_requests_queued": 3.0, "deepserve_kv_cache_usage_ratio": 0.75}
+
+    async def body() -> None:
+        async def metrics(_request: web.Request) -> web.Response:
+            return web.Response(text=render_gauges("team/chat", gauges), content_type="text/plain")
+
+        busy_pod = web.Application()
+        busy_pod.router.add_get("/metrics", metrics)
+        (rb, busy), (rq, quiet) = await serve(busy_pod), await serve(FakePod().app())  # quiet: no /metrics
+        gw = Gateway(KEYS, [chat((VersionTarget("main", 100, (busy, quiet)),))])
+        scraper = PodLoadScraper(gw.router)
+        try:
+            async with aiohttp.ClientSession() as s:
+                await scraper.scrape_once(s)
+        finally:
+            await rb.cleanup()
+            await rq.cleanup()
+        assert gw.router.pod_load == {busy: (3.0, 0.75)}  # the page without gauges counts nothing
+        state = gw.router.state(gw.router.routes()[0], "main")
+        assert state is not None and gw.router.pick(state, []) == quiet
+
+    run(body)
