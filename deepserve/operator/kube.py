@@ -40,13 +40,13 @@ class KubeError(RuntimeError):
         self.message = message
 
 
-def load_api_client(kubeconfig: str | None = None) -> Any:
+def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
     """An ApiClient from ``kubeconfig`` (or $KUBECONFIG / ~/.kube/config / in-cluster)."""
     cfg = client.Configuration()
     try:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
     except config.ConfigException:
-        if kubeconfig:
+        if kubeconfig or context:
             raise
         config.load_incluster_config(client_configuration=cfg)
     cfg.connection_pool_maxsize = 32
@@ -80,9 +80,9 @@ class Kube:
         self.api = api_client
 
     @classmethod
-    def from_kubeconfig(cls, kubeconfig: str | None = None) -> Kube:
-        """Connect using a kubeconfig file (None: the usual lookup)."""
-        return cls(load_api_client(kubeconfig))
+    def from_kubeconfig(cls, kubeconfig: str | None = None, context: str | None = None) -> Kube:
+        """Connect using a kubeconfig file (None: the usual lookup) and context (None: its current)."""
+        return cls(load_api_client(kubeconfig, context))
 
     def request(self, method: str, path: str, *, body: Any = None, query: list[tuple[str, Any]] | None = None,
                 content_type: str = "application/json", timeout: float = 30) -> dict[str, Any]:
@@ -131,9 +131,10 @@ class Kube:
             raise
 
     def list(self, api_version: str, kind: str, namespace: str | None = None,
-             label_selector: str | None = None) -> list[dict[str, Any]]:
+             label_selector: str | None = None, field_selector: str | None = None) -> list[dict[str, Any]]:
         """Every object of a kind (in a namespace, or all namespaces when None)."""
         query = [("labelSelector", label_selector)] if label_selector else []
+        query += [("fieldSelector", field_selector)] if field_selector else []
         path = resource_path(api_version, kind, namespace)
         return list(self.request("GET", path, query=query, timeout=120).get("items", []))
 

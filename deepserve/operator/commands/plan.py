@@ -38,23 +38,21 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 def _cluster_objects(kubeconfig: str | None, context: str | None) -> DiscoveredPools:
     """Read Nodes, Pods and GPUNodePools from the cluster (the only I/O of this group)."""
-    from kubernetes import client, config  # imported here: only this path needs a cluster
-    from kubernetes.client.exceptions import ApiException
+    # imported here: only this path needs a cluster
+    from deepserve.operator.kube import Kube, KubeError
 
-    config.load_kube_config(config_file=kubeconfig, context=context)
-    api = client.ApiClient()
-    core = client.CoreV1Api(api)
-    nodes = api.sanitize_for_serialization(core.list_node().items)
-    pods = api.sanitize_for_serialization(core.list_pod_for_all_namespaces(
-        field_selector="status.phase!=Succeeded,status.phase!=Failed").items)
+    kube = Kube.from_kubeconfig(kubeconfig, context)
     try:
-        listing: Any = client.CustomObjectsApi(api).list_cluster_custom_object(
-            "deepserve.io", "v1alpha1", "gpunodepools")
-        gnp = list(listing["items"])
-    except ApiException as e:
-        if e.status != 404:
-            raise
-        gnp = []  # CRD not installed: nodes alone still describe the pools
+        nodes = kube.list("v1", "Node")
+        pods = kube.list("v1", "Pod", field_selector="status.phase!=Succeeded,status.phase!=Failed")
+        try:
+            gnp = kube.list("deepserve.io/v1alpha1", "GPUNodePool")
+        except KubeError as e:
+            if e.status != 404:
+                raise
+            gnp = []  # CRD not installed: nodes alone still describe the pools
+    finally:
+        kube.close()
     return discover_pools(nodes, pods, gnp)
 
 

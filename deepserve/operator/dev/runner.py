@@ -29,9 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
-
 from deepserve.engine.triton.local import LocalTriton
+from deepserve.operator.kube import Kube, KubeError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def materialise(pod: dict[str, Any], core: Any, root: Path,
+def materialise(pod: dict[str, Any], kube: Kube, root: Path,
                 overrides: dict[str, str]) -> tuple[Path, dict[str, str], str]:
     """Write the pod's volumes under ``root``; return (model repository, env, container name).
 
@@ -94,8 +93,10 @@ def materialise(pod: dict[str, Any], core: Any, root: Path,
         mounts[m["mountPath"]] = local
         vol = volumes.get(m["name"], {})
         if "configMap" in vol:
-            cm = core.read_namespaced_config_map(vol["configMap"]["name"], ns)
-            data = cm.data or {}
+            cm = kube.get("v1", "ConfigMap", vol["configMap"]["name"], ns)
+            if cm is None:
+                raise ValueError(f"ConfigMap {ns}/{vol['configMap']['name']} does not exist yet")
+            data = cm.get("data") or {}
             items = vol["configMap"].get("items") or [{"key": k, "path": k} for k in data]
             for it in items:
                 dest = local / it["path"]
@@ -138,10 +139,7 @@ class LocalRunner:
 
     def __init__(self, kubeconfig: str, env_overrides: dict[str, str] | None = None,
                  work_dir: Path | None = None, poll_s: float = 0.5) -> None:
-        cfg = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        self._api = client.ApiClient(cfg)
-        self.core = client.CoreV1Api(self._api)
+        self.kube = Kube.from_kubeconfig(kubeconfig)
         self.overrides = dict(env_overrides or {})
         self._tmp = None if work_dir else tempfile.TemporaryDirectory(prefix="deepserve-runner-")
         self.work_dir = Path(work_dir or self._tmp.name)  # type: ignore[union-attr]
@@ -177,7 +175,7 @@ class LocalRunner:
             t.start()
         for t in stoppers:
             t.join(timeout=40)
-        self._api.close()
+        self.kube.close()
         if self._tmp:
             self._tmp.cleanup()
 
@@ -190,8 +188,7 @@ class LocalRunner:
     # ---- one reconcile -----------------------------------------------------
     def step(self) -> None:
         """Start, probe, restart and stop servers so they match the pods that exist."""
-        pods = self._api.sanitize_for_serialization(
-            self.core.list_pod_for_all_namespaces(label_selector=SELECTOR).items)
+        pods = self.kube.list("v1", "Pod", label_selector=SELECTOR)
         seen = set()
         for pod in pods:
             md, st = pod["metadata"], pod.get("status", {})
@@ -212,8 +209,8 @@ class LocalRunner:
         md = pod["metadata"]
         root = self.work_dir / md["namespace"] / f"{md['name']}-{md['uid'][:8]}"
         try:
-            repo, env, container = materialise(pod, self.core, root, self.overrides)
-        except (ValueError, client.ApiException) as e:
+            repo, env, container = materialise(pod, self.kube, root, self.overrides)
+        except (ValueError, KubeError) as e:
             log.warning("cannot play %s/%s yet: %s", md["namespace"], md["name"], e)
             return None
         played = PlayedPod(md["namespace"], md["name"], md["uid"], pod["status"]["podIP"], root,
@@ -280,10 +277,12 @@ class LocalRunner:
                                    "state": {"running": {"startedAt": now}}}],
         }}
         try:
-            self.core.patch_namespaced_pod_status(p.name, p.namespace, body)
+            # strategic merge: conditions merge by type and containerStatuses by name, as the kubelet's do
+            self.kube.request("PATCH", f"/api/v1/namespaces/{p.namespace}/pods/{p.name}/status", body=body,
+                              content_type="application/strategic-merge-patch+json")
             p.ready = ready
             log.info("pod %s/%s Ready=%s (%s)", p.namespace, p.name, status, reason)
-        except client.ApiException as e:
+        except KubeError as e:
             if e.status != 404:
                 raise
 
