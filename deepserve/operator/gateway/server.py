@@ -10,7 +10,6 @@ learns the token count; the usage chunk reaches the caller only when the caller 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import ssl
 import time
@@ -26,7 +25,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from deepserve.engine.openai_api import MAX_BODY_BYTES, OpenAIError, parse_chat, parse_completion
 from deepserve.operator.gateway.config import Discovery, GatewayConfig, tls_context
 from deepserve.operator.gateway.dispatch import dispatch
-from deepserve.operator.gateway.errors import Refused, not_found
+from deepserve.operator.gateway.errors import (
+    Refused,
+    error_response,
+    maybe_await,
+    not_found,
+    read_within,
+)
 from deepserve.operator.gateway.hold import Holder, ScaleUp
 from deepserve.operator.gateway.kserve import KServeProxy
 from deepserve.operator.gateway.limits import Refusal, TenantLimiter, Ticket, estimate_tokens
@@ -49,28 +54,6 @@ log = logging.getLogger(__name__)
 TENANT_HEADER = "X-Deepserve-Tenant"
 SESSION_HEADER = "X-Deepserve-Session"
 __all__ = ["SESSION_HEADER", "TENANT_HEADER", "Gateway", "GatewayConfig", "ModelRoute", "tls_context"]
-
-
-def _error(exc: OpenAIError, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=exc.status, body=exc.body(), content_type="application/json", headers=headers
-    )
-
-
-async def _maybe_await(value: Any) -> Any:
-    """``value``, awaited when it is awaitable (the Redis limiter is async, the local one not)."""
-    return await value if inspect.isawaitable(value) else value
-
-
-async def _read_within(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it passes ``limit`` bytes."""
-    chunks, size = [], 0
-    while chunk := await request.content.read(65536):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class Gateway:
@@ -102,6 +85,8 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._scraper: PodLoadScraper | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self.admin_address: tuple[str, int] | None = None  # (host, port) once served apart
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -118,29 +103,48 @@ class Gateway:
         self.router.set_routes(routes)
 
     # ---- serving -----------------------------------------------------------
-    def app(self) -> web.Application:
-        """The aiohttp application (body limit ``MAX_BODY_BYTES`` -> 413)."""
+    def app(self, with_admin: bool = True) -> web.Application:
+        """The aiohttp application; ``with_admin`` also mounts :meth:`admin_app`'s paths."""
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/held/{namespace}", self._held)
         app.router.add_get("/healthz", self._healthz)
+        if with_admin:
+            self._add_admin_routes(app)
         KServeProxy(self).add_routes(app)
         app.on_startup.append(self._on_start)
         app.on_cleanup.append(self._on_stop)
         return app
 
+    def admin_app(self) -> web.Application:
+        """``/metrics``, ``/held/<namespace>`` and ``/healthz``: for Prometheus and the operator."""
+        app = web.Application()
+        self._add_admin_routes(app)
+        app.router.add_get("/healthz", self._healthz)
+        return app
+
+    def _add_admin_routes(self, app: web.Application) -> None:
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/held/{namespace}", self._held)
+
     async def start(
-        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        admin_port: int | None = None,
+        admin_host: str = "127.0.0.1",
     ) -> int:
         """Serve on ``host:port`` (0: a free port) with the idle timeouts; returns the port.
 
         A handler whose caller disconnects is cancelled, which closes its upstream request.
+        With ``admin_port`` the metrics and held-request paths are served only there (so
+        callers of the public port never see other tenants' model names); without it they
+        are on the public port too (tests, development). ``admin_address`` is where it went.
         """
         self._runner = web.AppRunner(
-            self.app(),
+            self.app(with_admin=admin_port is None),
             access_log=None,
             keepalive_timeout=self.config.keepalive_timeout_s,
             handler_cancellation=True,
@@ -148,10 +152,18 @@ class Gateway:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, backlog=1024)
         await site.start()
+        if admin_port is not None:
+            self._admin_runner = web.AppRunner(self.admin_app(), access_log=None)
+            await self._admin_runner.setup()
+            await web.TCPSite(self._admin_runner, admin_host, admin_port).start()
+            self.admin_address = self._admin_runner.addresses[0][:2]
         return int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         """Stop serving and close upstream connections."""
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -219,7 +231,7 @@ class Gateway:
             principal = self.principal(request)
         except Refused as refused:
             self.metrics.refusals.labels(refused.reason).inc()
-            return _error(refused.error)
+            return error_response(refused.error)
         data = [
             {"id": r.full_name, "object": "model", "created": 0, "owned_by": r.namespace}
             for r in self.router.routes()
@@ -240,7 +252,7 @@ class Gateway:
         if (request.content_length or 0) > limit:
             raise too_large
         try:
-            body = await asyncio.wait_for(_read_within(request, limit), self.config.body_timeout_s)
+            body = await asyncio.wait_for(read_within(request, limit), self.config.body_timeout_s)
         except TimeoutError as exc:
             error = OpenAIError(408, f"request body not received within {self.config.body_timeout_s:g}s",
                                 code="request_timeout")
@@ -274,7 +286,7 @@ class Gateway:
         except Refused as refused:
             self.metrics.refusals.labels(refused.reason).inc()
             self.metrics.requests.labels(model_label, str(refused.error.status)).inc()
-            return _error(refused.error, refused.headers)
+            return error_response(refused.error, refused.headers)
         try:
             forward: dict[str, Any] = msgspec.json.decode(body)
             forward["model"] = route.full_name
@@ -287,9 +299,9 @@ class Gateway:
             tokens = outcome.tokens
             if tokens is not None:
                 self.metrics.tokens.labels(model_label).inc(tokens)
-                await _maybe_await(self._limiter.settle(ticket, tokens))
+                await maybe_await(self._limiter.settle(ticket, tokens))
             elif status != 200:
-                await _maybe_await(self._limiter.settle(ticket, 0))  # nothing was generated
+                await maybe_await(self._limiter.settle(ticket, 0))  # nothing was generated
             return response
         finally:
             await self.release(ticket)
@@ -308,7 +320,7 @@ class Gateway:
 
     async def admit(self, principal: Principal, estimate: int) -> Ticket:
         """Admit a request of ``estimate`` tokens under the tenant's limits, or 429."""
-        got = await _maybe_await(self._limiter.admit(principal.tenant, principal.plan, estimate))
+        got = await maybe_await(self._limiter.admit(principal.tenant, principal.plan, estimate))
         if isinstance(got, Refusal):
             error = OpenAIError(429, got.reason, type="rate_limit_error", code="rate_limit_exceeded")
             raise Refused(error, f"rate_{got.limit}", {"Retry-After": str(got.retry_after_s)})
@@ -316,7 +328,7 @@ class Gateway:
 
     async def release(self, ticket: Ticket) -> None:
         """An admitted request is finished."""
-        await _maybe_await(self._limiter.release(ticket))
+        await maybe_await(self._limiter.release(ticket))
 
     def check_spend(self, principal: Principal) -> None:
         """402 when the tenant's month-to-date spend reached its plan's cap."""
@@ -353,11 +365,11 @@ class Gateway:
             return await dispatch(self.router, self.holder, route, version, hashes, started, send)
         except Refused as refused:
             self.metrics.refusals.labels(refused.reason).inc()
-            return _error(refused.error, {**back, **(refused.headers or {})}), Outcome(refused.error.status)
+            return error_response(refused.error, {**back, **(refused.headers or {})}), Outcome(refused.error.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("upstream %s for %s failed: %s", route.full_name, request_id, exc)
             error = OpenAIError(502, "the model's server could not be reached", type="api_error")
-            return _error(error, back), Outcome(502)
+            return error_response(error, back), Outcome(502)
 
     async def _forward(
         self,

@@ -305,3 +305,24 @@ def test_pod_load_gauges_are_scraped_from_the_pods_metrics_page() -> None:
         assert state is not None and gw.router.pick(state, []) == quiet
 
     run(body)
+
+
+def test_with_an_admin_port_metrics_are_not_on_the_public_port() -> None:
+    async def body() -> None:
+        gw = Gateway(KEYS, [chat((VersionTarget("main", 100),))])
+        port = await gw.start(admin_port=0)
+        assert gw.admin_address is not None
+        admin = f"http://{gw.admin_address[0]}:{gw.admin_address[1]}"
+        try:
+            async with aiohttp.ClientSession() as s:
+                for path in ("/metrics", "/held/team"):
+                    async with s.get(f"http://127.0.0.1:{port}{path}") as r:
+                        assert r.status == 404
+                    async with s.get(admin + path) as r:
+                        assert r.status == 200
+                async with s.get(f"http://127.0.0.1:{port}/healthz") as r:
+                    assert r.status == 200
+        finally:
+            await gw.stop()
+
+    run(body)
