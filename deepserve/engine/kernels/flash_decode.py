@@ -122,13 +122,13 @@ def _kernels() -> tuple[Any, Any]:
     the module-level ``tl``, which is what the interpreter patches.
     """
     @triton.jit
-    def partial_kernel(Q, K, V, LENS, INDEX, VALID, ACC, MAX, SUM,
+    def partial_kernel(Q, K, V, LENS, INDEX, VALID, TABLE, ACC, MAX, SUM,
                        stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
-                       stride_vb, stride_vh, stride_vs, stride_ib, heads, chunk, scale,
+                       stride_vb, stride_vh, stride_vs, stride_ib, stride_tb, heads, chunk, scale,
                        G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
                        DV: tl.constexpr, DVP: tl.constexpr, SPLITS: tl.constexpr,
                        BLOCK: tl.constexpr, HAS_INDEX: tl.constexpr, IEEE: tl.constexpr,
-                       KV_FP8: tl.constexpr) -> None:
+                       KV_FP8: tl.constexpr, PAGED: tl.constexpr, PAGE: tl.constexpr) -> None:
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         split = tl.program_id(2)
@@ -145,8 +145,12 @@ def _kernels() -> tuple[Any, Any]:
         m_i = tl.full([GP], float("-inf"), tl.float32)
         l_i = tl.zeros([GP], tl.float32)
         acc = tl.zeros([GP, DVP], tl.float32)
-        k_base = K + b * stride_kb + kvh * stride_kh
-        v_base = V + b * stride_vb + kvh * stride_vh
+        if PAGED:  # K/V are block pools [blocks, Hkv, PAGE, D]; TABLE maps row // PAGE
+            k_base = K + kvh * stride_kh
+            v_base = V + kvh * stride_vh
+        else:
+            k_base = K + b * stride_kb + kvh * stride_kh
+            v_base = V + b * stride_vb + kvh * stride_vh
         for s0 in range(start, end, BLOCK):
             offs = s0 + tl.arange(0, BLOCK)
             ok = offs < end
@@ -155,7 +159,14 @@ def _kernels() -> tuple[Any, Any]:
                 ok = ok & (tl.load(VALID + b * stride_ib + offs, mask=ok, other=0) != 0)
             else:
                 rows = offs
-            kt = tl.load(k_base + rows[:, None] * stride_ks + d[None, :],
+            if PAGED:
+                blk = tl.load(TABLE + b * stride_tb + rows // PAGE, mask=ok, other=0).to(tl.int64)
+                k_off = blk * stride_kb + (rows % PAGE) * stride_ks
+                v_off = blk * stride_vb + (rows % PAGE) * stride_vs
+            else:
+                k_off = rows * stride_ks
+                v_off = rows * stride_vs
+            kt = tl.load(k_base + k_off[:, None] + d[None, :],
                          mask=ok[:, None] & (d[None, :] < D), other=0.0)
             if KV_FP8:  # fp8 rows widened in registers
                 kt = kt.to(q.dtype)
@@ -169,7 +180,7 @@ def _kernels() -> tuple[Any, Any]:
             alpha = tl.exp(m_i - m_use)
             p = tl.exp(s - m_use[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            vt = tl.load(v_base + rows[:, None] * stride_vs + dv[None, :],
+            vt = tl.load(v_base + v_off[:, None] + dv[None, :],
                          mask=ok[:, None] & (dv[None, :] < DV), other=0.0)
             if KV_FP8:
                 vt = vt.to(q.dtype)
@@ -212,7 +223,8 @@ def pow2(n: int, floor: int = 1) -> int:
 
 
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
-            scale: float, index: torch.Tensor | None, valid: torch.Tensor | None) -> torch.Tensor:
+            scale: float, index: torch.Tensor | None, valid: torch.Tensor | None,
+            table: torch.Tensor | None = None, page: int = 1) -> torch.Tensor:
     partial_kernel, combine_kernel = _kernels()
     bsz, heads, dim = q.shape
     kv_heads, dim_v = k.shape[1], v.shape[-1]
@@ -220,7 +232,8 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Te
     q = q if q.stride(-1) == 1 else q.contiguous()
     if k.stride(-1) != 1 or v.stride(-1) != 1:
         k, v = k.contiguous(), v.contiguous()
-    rows = index.shape[1] if index is not None else k.shape[2]
+    rows = index.shape[1] if index is not None else (
+        table.shape[1] * page if table is not None else k.shape[2])
     splits, chunk = _splits(bsz, kv_heads, rows, q.device)
     dvp = pow2(dim_v, 16)
     acc = torch.empty(bsz * heads * splits * dvp, dtype=torch.float32, device=q.device)
@@ -234,14 +247,18 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Te
         lens = torch.full((bsz,), rows, dtype=torch.int32, device=q.device)
     else:
         lens = lengths if lengths.dtype == torch.int32 else lengths.to(torch.int32)
+    if table is not None:
+        table = table if table.dtype == torch.int32 and table.stride(-1) == 1 else (
+            table.to(torch.int32).contiguous())
     partial_kernel[(bsz, kv_heads, splits)](
         q, k, v, lens, index if index is not None else lens, valid if valid is not None else lens,
+        table if table is not None else lens,
         acc, mx, sm, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), index.stride(0) if index is not None else 0,
-        heads, chunk, scale,
+        table.stride(0) if table is not None else 0, heads, chunk, scale,
         G=group, GP=pow2(group, 16), D=dim, DP=pow2(dim, 16), DV=dim_v, DVP=dvp,
         SPLITS=splits, BLOCK=BLOCK_N, HAS_INDEX=index is not None, IEEE=q.dtype == torch.float32,
-        KV_FP8=k.dtype == FP8_KV)
+        KV_FP8=k.dtype == FP8_KV, PAGED=table is not None, PAGE=page)
     out = torch.empty(bsz, heads, dim_v, dtype=q.dtype, device=q.device)
     combine_kernel[(bsz, heads)](acc, mx, sm, out, out.stride(0), out.stride(1), heads,
                                  SPLITS=splits, SP=pow2(splits), DV=dim_v, DVP=dvp)
@@ -251,14 +268,41 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Te
 @torch.library.custom_op("deepserve::decode_attention", mutates_args=())
 def _decode_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          lengths: torch.Tensor, scale: float, index: torch.Tensor | None,
-                         valid: torch.Tensor | None) -> torch.Tensor:
-    return _launch(q, k, v, lengths, scale, index, valid)
+                         valid: torch.Tensor | None, table: torch.Tensor | None = None,
+                         page: int = 1) -> torch.Tensor:
+    return _launch(q, k, v, lengths, scale, index, valid, table, page)
 
 
 @_decode_attention_op.register_fake
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, scale: float,
-      index: torch.Tensor | None, valid: torch.Tensor | None) -> torch.Tensor:
+      index: torch.Tensor | None, valid: torch.Tensor | None, table: torch.Tensor | None = None,
+      page: int = 1) -> torch.Tensor:
     return q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+
+
+def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                           table: torch.Tensor, lengths: torch.Tensor, scale: float) -> torch.Tensor:
+    """Decode attention over a paged cache: returns [B, H, Dv].
+
+    ``k_pool``/``v_pool`` [blocks, Hkv, page, D]; ``table`` [B, max_blocks] block ids of each
+    sequence in order; attends rows ``< lengths[b]``, row ``r`` living in block
+    ``table[b, r // page]`` at offset ``r % page``. Blocks a table does not name are never read.
+    """
+    bsz, heads, dim = q.shape
+    kv_heads, page = k_pool.shape[1], k_pool.shape[2]
+    if (k_pool.dim() != 4 or v_pool.shape[:3] != k_pool.shape[:3] or heads % kv_heads
+            or dim != k_pool.shape[-1] or table.shape[0] != bsz or k_pool.dtype not in (q.dtype, FP8_KV)):
+        raise ValueError(f"paged_decode_attention: bad shapes q {tuple(q.shape)}, pool "
+                         f"{tuple(k_pool.shape)}, table {tuple(table.shape)}")
+    return _decode_attention_op(q, k_pool, v_pool, lengths, float(scale), None, None, table, page)
+
+
+def paged_gather(pool: torch.Tensor, table: torch.Tensor, rows: int) -> torch.Tensor:
+    """The first ``rows`` rows of each sequence as a contiguous [B, Hkv, rows, D] copy."""
+    page = pool.shape[2]
+    blocks = pool[table[:, : -(-rows // page)].long()]  # [B, nb, Hkv, page, D]
+    bsz, nb, kv_heads, _, dim = blocks.shape
+    return blocks.permute(0, 2, 1, 3, 4).reshape(bsz, kv_heads, nb * page, dim)[:, :, :rows]
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

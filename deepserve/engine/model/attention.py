@@ -10,14 +10,15 @@ touching the modules; MLA runs in latent space so it uses the same seam as MQA.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from deepserve.engine.kernels import decode_attention, decode_attention_supported
+from deepserve.engine.kernels.flash_decode import paged_decode_attention, paged_gather, runs_on
 from deepserve.engine.model.args import ModelArgs
 from deepserve.engine.model.cache import KVCache, LatentCache
 from deepserve.engine.model.layers import RMSNorm, stack_linears
@@ -47,6 +48,7 @@ class AttentionBatch:
     sin: torch.Tensor
     fresh: bool = False
     decode_lengths: torch.Tensor | None = None  # [B] int32 position + 1 of one-token passes
+    block_table: torch.Tensor | None = None  # [B, blocks] int32: a paged cache (paged_kv.py)
 
 
 class AttentionFn(Protocol):
@@ -102,7 +104,7 @@ class GroupedQueryAttention(nn.Module):
         self.v_proj = nn.Linear(d, self.kv_heads * hd, bias=args.qkv_bias)
         self.o_proj = nn.Linear(self.heads * hd, d, bias=args.o_bias)
         self.scale = hd**-0.5
-        self.cache: KVCache | None = None
+        self.cache: KVCache | Any = None  # or a paged_kv.PagedKVCache
         self.attention_fn: AttentionFn = dense_attention
         self.qkv_proj: nn.Linear | None = None  # set by fuse_projections()
         self.qkv_split: tuple[int, int, int] = (0, 0, 0)
@@ -136,9 +138,29 @@ class GroupedQueryAttention(nn.Module):
         v = v.view(bsz, seqlen, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, batch.cos, batch.sin), apply_rope(k, batch.cos, batch.sin)
         assert self.cache is not None, "call Transformer.setup_caches() first"
-        k_all, v_all = self.cache.update(batch.slots, batch.positions, k, v)
-        out = self.attention_fn(q, k_all, v_all, batch, self.scale, self.layer)  # [B, H, T, hd]
+        if batch.block_table is not None:
+            out = self._paged(q, k, v, batch)
+        else:
+            k_all, v_all = self.cache.update(batch.slots, batch.positions, k, v)
+            out = self.attention_fn(q, k_all, v_all, batch, self.scale, self.layer)  # [B, H, T, hd]
         return self.o_proj(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+    def _paged(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               batch: AttentionBatch) -> torch.Tensor:
+        """Attention over a paged cache: the kernel reads through the block table at decode;
+        otherwise the sequences' rows are gathered and the usual attention runs on them."""
+        cache: Any = self.cache  # a paged_kv.PagedKVCache (not imported: it imports this package)
+        table = batch.block_table
+        assert table is not None and hasattr(cache, "k_pool"), "call setup_paged_caches() first"
+        k_pool, v_pool = cast(torch.Tensor, cache.k_pool), cast(torch.Tensor, cache.v_pool)
+        cache.write(table, batch.positions, k, v)
+        if q.shape[2] == 1 and runs_on(q) and batch.decode_lengths is not None:
+            return paged_decode_attention(q[:, :, 0], k_pool, v_pool, table,
+                                          batch.decode_lengths, self.scale)[:, :, None]
+        rows = int(batch.positions.max()) + 1
+        k_all, v_all = paged_gather(k_pool, table, rows), paged_gather(v_pool, table, rows)
+        return self.attention_fn(q, k_all, v_all, replace(batch, mask=batch.mask[..., :rows]),
+                                 self.scale, self.layer)
 
 
 class MultiHeadLatentAttention(nn.Module):

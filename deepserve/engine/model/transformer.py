@@ -90,6 +90,24 @@ class Transformer(nn.Module):
         self.rope_cos, self.rope_sin = cos.to(dtype), sin.to(dtype)
         self.max_seq_len, self.cache_slots = max_seq_len, slots
 
+    def setup_paged_caches(self, num_blocks: int, page: int, max_seq_len: int,
+                           kv_dtype: torch.dtype | None = None) -> None:
+        """Give every layer a paged KV pool of ``num_blocks`` blocks of ``page`` rows
+        (:mod:`deepserve.engine.paged_kv`); forward then needs ``block_table``.
+        Grouped-query attention only."""
+        from deepserve.engine.paged_kv import PagedKVCache
+
+        if self.args.is_mla:
+            raise ValueError("paged KV cache: needs grouped-query attention, not MLA")
+        weight = self.lm_head.weight
+        args = self.args
+        for layer in self.model.layers:
+            cast(DecoderLayer, layer).self_attn.cache = PagedKVCache(
+                num_blocks, args.num_kv_heads, page, args.head_dim, kv_dtype or weight.dtype, weight.device)
+        cos, sin = rope_tables(args.rope, args.head_dim, max_seq_len, weight.device)
+        self.rope_cos, self.rope_sin = cos.to(weight.dtype), sin.to(weight.dtype)
+        self.max_seq_len, self.cache_slots = max_seq_len, 0
+
     def fuse_projections(self) -> int:
         """Stack q/k/v and gate/up projections into single matmuls; returns how many fused.
 
@@ -124,7 +142,7 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
                 slots: torch.Tensor | None = None, *, last: torch.Tensor | None = None,
-                fresh: bool = False) -> torch.Tensor:
+                fresh: bool = False, block_table: torch.Tensor | None = None) -> torch.Tensor:
         """Run ``tokens`` [B, T] at ``positions`` [B, T] in cache ``slots`` [B].
 
         ``slots=None`` means the first B cache slots, in order (the decode
@@ -132,9 +150,11 @@ class Transformer(nn.Module):
         Returns logits [B, T, vocab], or with ``last`` [B] (an index into T per sequence)
         only those positions' logits [B, 1, vocab]. ``fresh=True`` promises positions
         ``0..T-1`` in every row (a prefill with nothing cached before it), which lets
-        attention skip the mask.
+        attention skip the mask. ``block_table`` [B, blocks] int32: a paged cache
+        (:meth:`setup_paged_caches`) instead of slots.
         """
         batch = self.attention_batch(positions, slots, fresh)
+        batch.block_table = block_table
         x = self.model.embed_tokens(tokens)  # [B, T, D]
         for layer in self.model.layers:
             x = layer(x, batch)
