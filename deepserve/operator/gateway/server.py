@@ -303,6 +303,9 @@ class Gateway:
             elif status != 200:
                 await maybe_await(self._limiter.settle(ticket, 0))  # nothing was generated
             return response
+        except asyncio.CancelledError:
+            status = 499  # the caller went away (nginx's code for it); its upstream was closed
+            raise
         finally:
             await self.release(ticket)
             self.metrics.requests.labels(model_label, str(status)).inc()

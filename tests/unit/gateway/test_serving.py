@@ -326,3 +326,22 @@ def test_with_an_admin_port_metrics_are_not_on_the_public_port() -> None:
             await gw.stop()
 
     run(body)
+
+
+def test_a_caller_leaving_a_waiting_request_frees_its_slot_and_counts_499() -> None:
+    async def body() -> None:
+        pod = FakePod(hold=asyncio.Event())
+        runner, pod_url = await serve(pod.app())
+        async with gateway([chat((VersionTarget("main", 100, (pod_url,)),))]) as (gw, url):
+            timeout = aiohttp.ClientTimeout(total=0.5)
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY_A}"}) as s:
+                with pytest.raises(TimeoutError):
+                    await s.post(url + "/v1/completions", json={"model": "chat", "prompt": "hi"},
+                                 timeout=timeout)
+            await settle(lambda: gw._limiter.in_flight("tenant-a") == 0)
+            key = ("deepserve_gateway_requests_total", (("model", "team/chat"), ("status", "499")))
+            await settle(lambda: samples(gw.metrics.render().decode()).get(key) == 1)
+            pod.hold.set()
+        await runner.cleanup()
+
+    run(body)
