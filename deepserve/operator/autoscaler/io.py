@@ -161,8 +161,8 @@ def list_hpas(kube: Kube, namespace: str) -> list[dict[str, Any]]:
         raise
 
 
-def patch_scaling_status(kube: Kube, namespace: str, model: str, scaling: dict[str, Any]) -> None:
-    """Merge ``status.scaling`` of the model."""
+def patch_scaling_status(kube: Kube, namespace: str, model: str, scaling: dict[str, Any] | None) -> None:
+    """Merge ``status.scaling`` of the model (None removes it); the one writer of that field."""
     kube.patch_status(API_VERSION, "InferenceModel", model, namespace, {"scaling": scaling})
 
 

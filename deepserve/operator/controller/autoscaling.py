@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from deepserve.operator.api.crds import API_VERSION
 from deepserve.operator.api.schema_check import SpecError
 from deepserve.operator.api.views import InferenceModelSpec
 from deepserve.operator.autoscaler import io
@@ -75,7 +74,7 @@ class ModelScaling:
             return self.scaler.tick()
         self.scaler = None  # fresh windows and status cache if scaling is enabled again
         if (model.get("status") or {}).get("scaling"):
-            self.kube.patch_status(API_VERSION, "InferenceModel", self.name, self.namespace, {"scaling": None})
+            io.patch_scaling_status(self.kube, self.namespace, self.name, None)  # the field's one writer
             log.info("%s/%s: fixed replica count; status.scaling cleared", self.namespace, self.name)
         return None
 

@@ -10,6 +10,17 @@ from deepserve.operator.controller.observed import DeploymentState, PodState
 from deepserve.operator.controller.planning import PlanOutcome
 
 CONDITION_TYPES = ("Ready", "Scheduled", "Progressing", "Degraded")
+RECONCILE = "deepserve.operator.controller.reconcile"
+AUTOSCALER = "deepserve.operator.autoscaler.io"
+# One writer per InferenceModel status field (issue #17.4). The reconcile computes its fields
+# here and writes them in one merge patch; it carries status.scaling unchanged so its patch never
+# touches it. The autoscaler (autoscaler.io.patch_scaling_status) writes status.scaling only. The
+# activator and the gateway's hold-and-wake write spec.scaling.replicas through /scale, no status.
+STATUS_OWNERS: dict[str, str] = {
+    **dict.fromkeys(("observedGeneration", "conditions", "placement", "replicas", "readyReplicas", "selector",
+                     "endpoint", "endpoints", "versions"), RECONCILE),
+    "scaling": AUTOSCALER,
+}
 
 
 @dataclass(frozen=True)
