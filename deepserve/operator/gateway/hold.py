@@ -15,6 +15,7 @@ import asyncio
 import inspect
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ class Holder:
         self.scale_up = scale_up
         self.metrics = metrics
         self.held: dict[HoldKey, int] = {}
-        self.cold_starts: dict[HoldKey, list[float]] = {}
+        self.cold_starts: dict[HoldKey, deque[float]] = {}  # the last 100 per version
         self._cold_since: dict[HoldKey, float] = {}
         self._last_ask: dict[HoldKey, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -88,7 +89,7 @@ class Holder:
             since = self._cold_since.pop(key, None)
             if since is not None:
                 seconds = time.monotonic() - since
-                self.cold_starts.setdefault(key, []).append(seconds)
+                self.cold_starts.setdefault(key, deque(maxlen=100)).append(seconds)
                 self.metrics.cold_start.labels(*key).observe(seconds)
                 log.info("%s/%s/%s: cold start took %.2fs", namespace, model, version, seconds)
         finally:
