@@ -106,7 +106,8 @@ def test_grpc_streaming_matches_in_process_engine(served: dict[str, Any]) -> Non
 def test_http_streaming_and_non_streaming_return_the_same_text(served: dict[str, Any]) -> None:
     server: LocalTriton = served["server"]
     expected = _expected(served, "Sampling turns", 8)
-    status, body = _post(server, "generate_stream", {"text_input": "Sampling turns", "max_tokens": 8})
+    status, body = _post(server, "generate_stream", {"text_input": "Sampling turns", "max_tokens": 8,
+                                                     "stream": True})
     assert status == 200
     events = [json.loads(line[len("data: "):]) for line in body.splitlines() if line.startswith("data: ")]
     assert len(events) > 1 and "".join(e["text_output"] for e in events) == expected
@@ -241,3 +242,13 @@ def test_deeply_nested_json_does_not_crash_the_server(served: dict[str, Any]) ->
     assert server.process is not None and server.process.poll() is None
     status, text = _post(server, "generate", {"text_input": "hi", "max_tokens": 2, "stream": False})
     assert status == 200 and json.loads(text)["text_output"] == _expected(served, "hi", 2)
+
+
+def test_http_generate_errors_are_4xx_naming_the_input(served: dict[str, Any]) -> None:
+    server: LocalTriton = served["server"]
+    for bad, field in (({"text_input": "hi", "max_tokens": 0, "stream": False}, "max_tokens"),
+                       ({"text_input": "hi", "stop": ["s"] * 17, "stream": False}, "stop"),
+                       ({"text_input": "hi", "chat_messages": "[]", "stream": False}, "text_input"),
+                       ({"chat_messages": "[]", "stream": False}, "chat_messages")):
+        status, body = _post(server, "generate", bad)
+        assert status == 400 and json.loads(body)["error"].startswith(field), body
