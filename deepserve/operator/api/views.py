@@ -7,14 +7,19 @@ CRD's CEL rules), and raises :class:`SpecError` naming the field.
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from deepserve.operator.api import gpunodepool_schema
 from deepserve.operator.api import inferencemodel_schema as schema
 from deepserve.operator.api.quantity import quantity_error
 from deepserve.operator.api.schema_check import SpecError, conform
+from deepserve.operator.api.schema_types import QUALIFIED_NAME
 from deepserve.operator.api.source_rules import check_source
 
+log = logging.getLogger(__name__)
 DEFAULT_VERSION = "main"
 
 
@@ -256,3 +261,44 @@ def _versions(raw: list[dict[str, Any]], source: Source, engine: Engine,
         out.append(Version(v["name"], v["weight"], src, eng, v.get("image", runtime.image)))
     return tuple(out)
 
+
+
+@dataclass(frozen=True)
+class GPUNodePoolView:
+    """A GPUNodePool, defaulted and validated like the API server does (typed, frozen)."""
+
+    name: str
+    node_selector: tuple[tuple[str, str], ...]
+    accelerator_id: str
+    gpus_per_node: int
+    max_nodes: int
+    price_per_gpu_hour: float
+    currency: str
+    tolerations: tuple[dict[str, str], ...]
+
+    @classmethod
+    def from_object(cls, obj: dict[str, Any]) -> GPUNodePoolView:
+        """Build from a GPUNodePool object; raise SpecError naming the first bad field."""
+        name = str((obj.get("metadata") or {}).get("name") or "")
+        if not name or len(name) > gpunodepool_schema.MAX_POOL_NAME:
+            raise SpecError("metadata.name", f"must be 1 to {gpunodepool_schema.MAX_POOL_NAME} characters")
+        d = conform(gpunodepool_schema.SPEC, obj.get("spec") or {}, "spec")
+        for key in d["nodeSelector"]:
+            if len(key) > 316 or not re.match(QUALIFIED_NAME, key):
+                raise SpecError("spec.nodeSelector", f"{key!r} is not a label key")
+        check_tolerations(d.get("tolerations", []), "spec.tolerations")
+        return cls(name, tuple(sorted(d["nodeSelector"].items())), d["acceleratorId"], d["gpusPerNode"],
+                   d["maxNodes"], float(d["pricePerGpuHour"]), d["currency"],
+                   tuple(dict(t) for t in d.get("tolerations", [])))
+
+
+def pool_views(objects: list[dict[str, Any]]) -> list[GPUNodePoolView]:
+    """Typed views of GPUNodePool objects; ones the schema refuses (only objects stored before a
+    rule tightened can be) are skipped, logged at debug level since this runs every reconcile."""
+    out = []
+    for obj in objects:
+        try:
+            out.append(GPUNodePoolView.from_object(obj))
+        except SpecError as e:
+            log.debug("GPUNodePool %s ignored: %s", (obj.get("metadata") or {}).get("name"), e)
+    return out

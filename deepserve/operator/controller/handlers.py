@@ -24,6 +24,7 @@ import kopf
 
 from deepserve.operator import placement as planner
 from deepserve.operator.api.crds import GROUP, VERSION
+from deepserve.operator.api.views import pool_views
 from deepserve.operator.autoscaler.io import ActivatorHeld
 from deepserve.operator.autoscaler.loop import AutoscalerOptions
 from deepserve.operator.builders import Settings
@@ -186,8 +187,7 @@ def observe(model: dict[str, Any], indexes: dict[str, Any], state: ControllerSta
     reserved = state.reserved(flatten(indexes.get("ds_gpu_pods")), model["metadata"].get("uid"))
     if reserved:
         pools = planner.with_reservations(pools, reserved)
-    tolerations = {p["metadata"]["name"]: tuple(p.get("spec", {}).get("tolerations", []) or [])
-                   for p in flatten(indexes.get("ds_pools"))}
+    tolerations = {p.name: p.tolerations for p in pool_views(flatten(indexes.get("ds_pools")))}
     return Observed(model=model, children=children, deployments=deployments, pods=pods, pools=pools,
                     pool_tolerations=tolerations)
 

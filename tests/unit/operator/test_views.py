@@ -49,3 +49,31 @@ def test_invalid_spec_names_the_field(case: InvalidCase) -> None:
     with pytest.raises(SpecError) as err:
         InferenceModelSpec.from_dict(case.model["spec"])
     assert err.value.field == case.field, str(err.value)
+
+
+def _pool(**spec: object) -> dict[str, object]:
+    base = {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"}, "acceleratorId": "nvidia-l4", "gpusPerNode": 1}
+    return {"metadata": {"name": "l4"}, "spec": {**base, **spec}}
+
+
+def test_gpu_node_pool_view_is_typed_and_defaulted() -> None:
+    from deepserve.operator.api.views import GPUNodePoolView
+
+    view = GPUNodePoolView.from_object(_pool(tolerations=[{"key": "dedicated", "value": "ml"}]))
+    assert view.name == "l4" and view.node_selector == (("nvidia.com/gpu.product", "NVIDIA-L4"),)
+    assert (view.max_nodes, view.price_per_gpu_hour, view.currency) == (0, 0.0, "USD")
+    assert view.tolerations == ({"key": "dedicated", "value": "ml", "operator": "Equal"},)
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"nodeSelector": {"not a key": "x"}}, "spec.nodeSelector"),
+    ({"tolerations": [{"operator": "Equal", "value": "x"}]}, "spec.tolerations[0].key"),
+    ({"pricePerGpuHour": 1e308}, "spec.pricePerGpuHour"),
+])
+def test_gpu_node_pool_view_refuses_what_admission_refuses(spec: dict[str, object], field: str) -> None:
+    from deepserve.operator.api.views import GPUNodePoolView, pool_views
+
+    with pytest.raises(SpecError) as err:
+        GPUNodePoolView.from_object(_pool(**spec))
+    assert err.value.field == field
+    assert [p.name for p in pool_views([_pool(**spec), _pool()])] == ["l4"]
