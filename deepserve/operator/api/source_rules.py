@@ -9,7 +9,7 @@ Python check the typed views run, so both refuse the same URIs naming the same f
 - ``s3://<bucket>/<prefix>``: a valid bucket name, a non-empty prefix of safe characters (no shell
   metacharacters, whitespace or quotes) and no ``.``/``..`` segments;
 - ``builtin://<name>``: only the names the engine can create
-  (:data:`deepserve.engine.sources.BUILTIN_ARCHS`, a torch-free constant);
+  (:data:`deepserve.engine.contract.builtin.BUILTIN_MODELS`, torch-free);
 - ``format: pytorch`` is refused (the engine reads safetensors only), ``revision`` is for
   ``hf://`` only.
 """
@@ -19,11 +19,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from deepserve.engine.sources import BUILTIN_ARCHS
+from deepserve.engine.contract.builtin import BUILTIN_MODELS
 from deepserve.operator.api.schema_check import SpecError
 from deepserve.operator.api.schema_types import Schema, rule
 
-BUILTIN_URIS = tuple(f"builtin://{name}" for name in sorted(BUILTIN_ARCHS))
+BUILTIN_URIS = tuple(f"builtin://{name}" for name in sorted(BUILTIN_MODELS))
 # Characters of a path segment: no shell metacharacters ($ ` ; | & < > ( ) * ? ! ' " \), no spaces.
 _SEGMENT = r"[-A-Za-z0-9_.=+@,]+"
 PVC_FORM = rf"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/{_SEGMENT})*/?$"

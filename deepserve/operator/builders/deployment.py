@@ -141,6 +141,8 @@ def build_deployment(ctx: BuildContext, version: str) -> dict[str, Any]:
         "name": "triton",
         "image": v.image or ctx.settings.engine_image,
         "imagePullPolicy": rt.pull_policy,
+        # a crash-looping engine's last log lines become the termination message, shown in Degraded
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "command": list(TRITON_COMMAND),
         "args": triton_args(ctx.model.name, rt.exit_timeout_s),
         "ports": [

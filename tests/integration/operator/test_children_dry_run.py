@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from deepserve.engine.sources import BUILTIN_ARCHS
+from deepserve.engine.contract.builtin import BUILTIN_MODELS
 from deepserve.operator.api.views import InferenceModelSpec
 from deepserve.operator.builders import (
     BuildContext,
@@ -69,7 +69,7 @@ def source() -> st.SearchStrategy[dict[str, Any]]:
                                    "hiddenSize": st.integers(1, 2**16), "heads": st.just(8),
                                    "vocabSize": st.integers(1, 2**18)}, optional={"kvHeads": st.sampled_from([1, 2, 8])})
     uri = st.one_of(
-        st.sampled_from([f"builtin://{n}" for n in BUILTIN_ARCHS]),
+        st.sampled_from([f"builtin://{n}" for n in BUILTIN_MODELS]),
         st.builds(lambda c, p: f"pvc://{c}" + "".join(f"/{s}" for s in p), dns_label(63), st.lists(SEGMENT, max_size=4)),
         st.builds(lambda o, n, r: f"hf://{o}/{n}{r}", st.from_regex(r"\A[A-Za-z0-9][-A-Za-z0-9_.]{0,30}\Z"),
                   st.from_regex(r"\A[A-Za-z0-9][-A-Za-z0-9_.]{0,30}\Z"),

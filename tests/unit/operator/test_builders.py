@@ -55,6 +55,7 @@ def test_deployment_runs_triton_on_the_chosen_pool() -> None:
     assert shm["emptyDir"]["medium"] == "Memory"
     assert pod["securityContext"]["runAsNonRoot"] and c["securityContext"]["readOnlyRootFilesystem"]
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"  # the engine's last words reach status
     owner = dep["metadata"]["ownerReferences"][0]
     assert owner["kind"] == "InferenceModel" and owner["controller"] and owner["uid"] == "uid-1"
 
