@@ -345,3 +345,31 @@ def test_a_caller_leaving_a_waiting_request_frees_its_slot_and_counts_499() -> N
         await runner.cleanup()
 
     run(body)
+
+
+def test_keys_never_reach_the_logs(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    async def body() -> None:
+        dead = f"http://127.0.0.1:{_closed_port()}"
+        pod = FakePod("endless", endless=True)
+        runner, pod_url = await serve(pod.app())
+        routes = [chat((VersionTarget("main", 100, (pod_url,)),)),
+                  ModelRoute("team", "down", versions=(VersionTarget("main", 100, (dead,)),))]
+        async with gateway(routes, hold=HoldConfig(hold_timeout_s=0.3, rescale_every_s=0.1)) as (_gw, url):
+            for key in (KEY_A, "ds-aaaaaaaaaaaa-wrongsecret", KEY_B):
+                with pytest.raises(openai.APIStatusError):  # 503 (held, then timed out), 401, 404
+                    await client(url, key).completions.create(model="team/down", prompt="hi")
+            async with (
+                aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY_A}"}) as s,
+                s.post(url + "/v1/completions", json={"model": "chat", "prompt": "hi", "stream": True}) as r,
+            ):
+                await r.content.readline()  # then drop the stream
+            await asyncio.wait_for(pod.disconnected.wait(), 5)
+        await runner.cleanup()
+
+    with caplog.at_level(logging.DEBUG):
+        run(body)
+    assert "refused" in caplog.text  # the failure paths did log
+    for secret in ("secretA", "secretB", "wrongsecret", KEY_A, KEY_B):
+        assert secret not in caplog.text
