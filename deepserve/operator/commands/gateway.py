@@ -49,6 +49,10 @@ def register(sub: Any) -> None:
                      help="file holding the billing read token")
     run.add_argument("--tls-cert-file", type=Path, default=None)
     run.add_argument("--tls-key-file", type=Path, default=None)
+    run.add_argument("--admin-listen", default="",
+                     help="HOST:PORT for /metrics and /held/<namespace> (then not on the public port)")
+    run.add_argument("--redis-url-file", type=Path, default=None,
+                     help="file holding a redis:// URL: limits shared by every replica")
     run.add_argument("--drain-seconds", type=float, default=0.0,
                      help="after SIGTERM, report not-ready this long before stopping")
     run.add_argument("--port-file", type=Path, default=None,
@@ -87,10 +91,10 @@ def _ssl_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     return ctx
 
 
-def _host_port(listen: str) -> tuple[str, int]:
+def _host_port(listen: str, flag: str = "--listen") -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--listen: {listen!r} is not HOST:PORT")
+        raise ValueError(f"{flag}: {listen!r} is not HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -100,16 +104,20 @@ def _run(args: argparse.Namespace) -> int:
         tls = _ssl_context(args.tls_cert_file, args.tls_key_file)
         routes = load_routes(args.routes_file) if args.routes_file else None
         token = args.billing_token_file.read_text().strip() if args.billing_token_file else ""
+        redis_url = args.redis_url_file.read_text().strip() if args.redis_url_file else ""
+        if args.redis_url_file and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("--redis-url-file: the file must hold a redis://, rediss:// or unix:// URL")
+        admin = _host_port(args.admin_listen, "--admin-listen") if args.admin_listen else None
         if args.billing_url and not token:
             raise ValueError("--billing-token-file: a read token is needed with --billing-url")
     except (ValueError, OSError, ssl.SSLError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(args, host, port, tls, routes, token))
+    return asyncio.run(_serve(args, (host, port), admin, tls, routes, token, redis_url))
 
 
-async def _serve(args: argparse.Namespace, host: str, port: int, tls: ssl.SSLContext | None,
-                 routes: list[Any] | None, token: str) -> int:
+async def _serve(args: argparse.Namespace, listen: tuple[str, int], admin: tuple[str, int] | None,
+                 tls: ssl.SSLContext | None, routes: list[Any] | None, token: str, redis_url: str) -> int:
     from aiohttp import web
 
     from deepserve.operator.gateway.server import Gateway
@@ -130,26 +138,40 @@ async def _serve(args: argparse.Namespace, host: str, port: int, tls: ssl.SSLCon
         from deepserve.operator.gateway.discovery import KubeDiscovery
 
         discovery = KubeDiscovery(kube, args.namespace or None)
-    gateway = Gateway(index, routes or [], spend, discovery=discovery)
+    limiter = None
+    if redis_url:
+        from deepserve.operator.gateway.redis_limits import RedisLimiter
+
+        limiter = RedisLimiter(redis_url)
+    gateway = Gateway(index, routes or [], spend, limiter, discovery=discovery,
+                      scale_up=discovery.scale_up if discovery is not None else None)
     draining = asyncio.Event()
 
     async def readyz(_request: web.Request) -> web.Response:
         ok = index.healthy and not draining.is_set()
         return web.json_response({"ready": ok, "keyIndexFresh": index.healthy}, status=200 if ok else 503)
 
-    app = gateway.app()
+    # As Gateway.start() serves, plus /readyz (key index fresh, not draining) on both ports.
+    app = gateway.app(with_admin=admin is None)
     app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=gateway.config.keepalive_timeout_s,
-                           handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=tls, backlog=1024)
-    await site.start()
-    bound = int(runner.addresses[0][1])
+    runners = [web.AppRunner(app, access_log=None, keepalive_timeout=gateway.config.keepalive_timeout_s,
+                             handler_cancellation=True)]
+    await runners[0].setup()
+    await web.TCPSite(runners[0], listen[0], listen[1], ssl_context=tls, backlog=1024).start()
+    if admin is not None:
+        admin_app = gateway.admin_app()
+        admin_app.router.add_get("/readyz", readyz)
+        runners.append(web.AppRunner(admin_app, access_log=None))
+        await runners[1].setup()
+        await web.TCPSite(runners[1], admin[0], admin[1]).start()
+    bound = int(runners[0].addresses[0][1])
     if args.port_file:
-        args.port_file.write_text(str(bound))
+        ports = [str(bound)] + ([str(runners[1].addresses[0][1])] if admin is not None else [])
+        args.port_file.write_text(" ".join(ports))
     scheme = "https" if tls else "http"
-    log.info("gateway serving %s://%s:%d (keys in %s, routes %s)", scheme, host, bound, args.keys_namespace,
-             "from " + str(args.routes_file) if routes is not None else "discovered")
+    log.info("gateway serving %s://%s:%d (keys in %s, routes %s, limits %s)", scheme, listen[0], bound,
+             args.keys_namespace, "from " + str(args.routes_file) if routes is not None else "discovered",
+             "shared in Redis" if redis_url else "per process")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -157,7 +179,8 @@ async def _serve(args: argparse.Namespace, host: str, port: int, tls: ssl.SSLCon
     await stop.wait()
     draining.set()
     await asyncio.sleep(args.drain_seconds)
-    await runner.cleanup()
+    for runner in reversed(runners):
+        await runner.cleanup()
     index.stop()
     if spend is not None:
         spend.close()

@@ -86,15 +86,19 @@ def test_gateway_run_serves_tenants_through_keys(cluster: Any, tenancy_kube: Kub
     log_path = tmp_path / "gateway.log"
     cmd = [sys.executable, "-m", "deepserve.operator.cli", "-v", "gateway", "run",
            "--kubeconfig", cluster.kubeconfig, "--keys-namespace", namespace,
-           "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--routes-file", str(routes),
+           "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--port-file", str(port_file),
+           "--routes-file", str(routes),
            "--billing-url", billing, "--billing-token-file", str(token_file)]
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         _wait(lambda: port_file.exists() and port_file.read_text(), 30, "gateway port")
-        url = f"http://127.0.0.1:{port_file.read_text()}"
+        public, admin = port_file.read_text().split()
+        url = f"http://127.0.0.1:{public}"
         assert _status(url + "/readyz") == 200
+        assert _status(f"http://127.0.0.1:{admin}/metrics") == 200
+        assert _status(url + "/metrics") == 404  # other tenants' model names stay off the public port
         client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
 
         answer = client.chat.completions.create(
@@ -149,9 +153,68 @@ def test_gateway_run_serves_tenants_through_keys(cluster: Any, tenancy_kube: Kub
 
 
 def test_gateway_run_refuses_bad_flags(tmp_path: Path) -> None:
+    redis_file = tmp_path / "redis-url"
+    redis_file.write_text("localhost:6379\n")
     base = [sys.executable, "-m", "deepserve.operator.cli", "gateway", "run"]
     for extra, field in ((["--listen", "nowhere"], "--listen"),
                          (["--tls-cert-file", str(tmp_path / "c.pem")], "--tls-key-file"),
-                         (["--billing-url", "http://x"], "--billing-token-file")):
+                         (["--billing-url", "http://x"], "--billing-token-file"),
+                         (["--redis-url-file", str(redis_file)], "--redis-url-file"),
+                         (["--admin-listen", "x"], "--admin-listen")):
         out = subprocess.run(base + extra, capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and field in out.stderr, out.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_two_gateway_processes_share_limits_through_redis(cluster: Any, tenancy_kube: Kube, namespace: str,
+                                                         upstreams: Any, tmp_path: Path) -> None:
+    """requestsPerMinute: 3 holds across two replicas when both get --redis-url-file (real redis-server)."""
+    loop, seen, _ = upstreams
+    pod = loop.serve(pod_app(seen))
+    tenant = f"limited-{uuid.uuid4().hex[:6]}"
+    tenancy_kube.create(build_tenant(tenant, {"plan": {"models": {"allowAll": True}, "requestsPerMinute": 3}}))
+    key, _ = create_key(tenancy_kube, namespace, tenant, None)
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps([{"namespace": "demo", "name": "tiny", "upstream": pod}]))
+    redis_port = _free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    redis_file = tmp_path / "redis-url"
+    redis_file.write_text(f"redis://127.0.0.1:{redis_port}/0\n")
+    procs = []
+    try:
+        for i in range(2):
+            port_file = tmp_path / f"port-{i}"
+            cmd = [sys.executable, "-m", "deepserve.operator.cli", "gateway", "run",
+                   "--kubeconfig", cluster.kubeconfig, "--keys-namespace", namespace,
+                   "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--routes-file", str(routes),
+                   "--redis-url-file", str(redis_file)]
+            procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port_file))
+        urls = []
+        for _proc, port_file in procs:
+            _wait(lambda pf=port_file: pf.exists() and pf.read_text(), 30, "gateway port")
+            urls.append(f"http://127.0.0.1:{port_file.read_text().split()[0]}")
+        codes = []
+        for i in range(5):  # alternate replicas: 3 admitted in all, then 429
+            client = openai.OpenAI(base_url=urls[i % 2] + "/v1", api_key=key, max_retries=0)
+            try:
+                client.chat.completions.create(model="demo/tiny", messages=[{"role": "user", "content": "x"}])
+                codes.append(200)
+            except openai.RateLimitError:
+                codes.append(429)
+        assert codes == [200, 200, 200, 429, 429]
+        assert len(seen) == 3
+    finally:
+        for proc, _ in procs:
+            proc.terminate()
+            proc.wait(15)
+        redis.terminate()
+        redis.wait(10)
+        tenancy_kube.delete(API_VERSION, "Tenant", tenant)
