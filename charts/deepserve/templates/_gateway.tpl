@@ -26,3 +26,4 @@ app.kubernetes.io/part-of: deepserve
 {{- end }}
 
 {{- define "deepserve.gateway.tlsDir" -}}/var/run/secrets/deepserve/tls{{- end }}
+{{- define "deepserve.gateway.redisDir" -}}/var/run/secrets/deepserve/redis{{- end }}

@@ -41,6 +41,10 @@ def test_gateway_renders_what_a_front_door_needs(render, lint) -> None:
     assert any(a.startswith("--billing-token-file=/") for a in args)
     assert not any("token=" in a and "file" not in a for a in args)  # no secret in argv
     assert not any(a.startswith("--tls") for a in args)
+    assert "--admin-listen=0.0.0.0:9090" in args  # /metrics off the public port
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"gateway": 8080, "metrics": 9090}
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    assert not any(a.startswith("--redis") for a in args)
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
@@ -73,8 +77,9 @@ def test_gateway_renders_what_a_front_door_needs(render, lint) -> None:
                == "gateway" for p in peers)
 
 
-def test_tls_and_namespaces(render) -> None:
+def test_tls_redis_and_namespaces(render) -> None:
     out = render({"gateway": {"enabled": True, "tls": {"secretName": "gw-tls"}, "keysNamespace": "keys",
+                              "redis": {"existingSecret": "limits-redis"},
                               "watchNamespaces": ["team-a", "team-b"], "replicaCount": 3}})
     assert out.returncode == 0, out.stderr
     dep = _gateway(out, "Deployment")
@@ -86,6 +91,11 @@ def test_tls_and_namespaces(render) -> None:
     assert {"name": "tls", "secret": {"secretName": "gw-tls", "defaultMode": 0o440}} in pod["volumes"]
     assert pod["containers"][0]["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
     assert _gateway(out, "Role")["metadata"]["namespace"] == "keys"
+    redis_arg = next(a for a in args if a.startswith("--redis-url-file="))
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "redis")
+    assert redis_arg == "--redis-url-file=" + mount["mountPath"] + "/url"
+    assert {"name": "redis", "secret": {"secretName": "limits-redis", "defaultMode": 0o440,
+                                        "items": [{"key": "url", "path": "url"}]}} in pod["volumes"]
 
 
 @pytest.mark.parametrize(("values", "path"), [
