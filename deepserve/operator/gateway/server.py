@@ -289,7 +289,7 @@ class Gateway:
             return error_response(refused.error, refused.headers)
         try:
             forward: dict[str, Any] = msgspec.json.decode(body)
-            forward["model"] = route.full_name
+            forward["model"] = route.name  # the pod frontend serves its model by its bare name
             if parsed.stream:
                 forward["stream_options"] = {"include_usage": True}
             response, outcome = await self._proxy(

@@ -64,7 +64,7 @@ def test_completion_through_the_openai_client_reaches_pod_with_tenant() -> None:
     pod = run(TEAM_ONLY, body)
     headers, sent = pod.seen[0]
     assert headers["X-Deepserve-Tenant"] == "tenant-a" and headers["X-Request-Id"]
-    assert sent["model"] == "team/llama" and "Authorization" not in headers
+    assert sent["model"] == "llama" and "Authorization" not in headers  # the pod's own name
 
 
 @pytest.mark.parametrize("key", ["ds-revokedkey00-x", "ds-aaaaaaaaaaaa-wrong", "Basic abc"])
