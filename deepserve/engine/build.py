@@ -58,6 +58,10 @@ def build_engine(options: EngineOptions) -> InferenceEngine:
         log.warning("compile: off with sparse attention (data-dependent selection)")
         compile_decode = False
     return InferenceEngine(
-        model, tokenizer, slots=options.cache_slots, max_input_tokens=options.max_input_tokens,
+        model, tokenizer,  # paged: concurrency bounded by blocks, not by whole-length slots
+        slots=options.max_batch_size if options.kv_page_tokens else options.cache_slots,
+        max_input_tokens=options.max_input_tokens,
         max_new_tokens_limit=options.max_new_tokens_limit, precision=features.precision,
-        compile_decode=compile_decode, features=features, kv_cache_dtype=options.kv_cache_dtype)
+        compile_decode=compile_decode, features=features, kv_cache_dtype=options.kv_cache_dtype,
+        kv_page_tokens=options.kv_page_tokens,
+        kv_blocks=options.kv_cache_tokens // options.kv_page_tokens if options.kv_page_tokens else 0)

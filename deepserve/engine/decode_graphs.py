@@ -34,7 +34,7 @@ from deepserve.engine.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
 
-StepFn = Callable[[Transformer, torch.Tensor, torch.Tensor], torch.Tensor]
+StepFn = Callable[..., torch.Tensor]
 
 
 def decode_buckets(slots: int, smallest_step: int = 8) -> tuple[int, ...]:
@@ -65,11 +65,13 @@ class BucketedDecoder:
     ``compile``: torch.compile the step once with a dynamic batch dimension. ``graphs``:
     replay one CUDA graph per (key, bucket) — needs a CUDA model whose step has no host
     synchronisation (not routed experts, not data-dependent sparse attention).
+    ``table_width`` > 0: a paged cache; each call passes a block table [n, table_width], and
+    padding rows point at ``pad_block`` (a block no sequence owns).
     """
 
     def __init__(self, model: Transformer, slots: int, *, compile: bool = False,
                  graphs: bool = False, buckets: Sequence[int] | None = None,
-                 fullgraph: bool = True) -> None:
+                 fullgraph: bool = True, table_width: int = 0, pad_block: int = 0) -> None:
         self.model, self.slots = model, slots
         self.buckets = tuple(sorted(buckets)) if buckets else decode_buckets(slots)
         if self.buckets[-1] > slots or self.buckets[0] < 1:
@@ -83,6 +85,9 @@ class BucketedDecoder:
         top = self.buckets[-1]
         self._tokens = torch.zeros(top, dtype=torch.long, device=self.device)
         self._positions = torch.zeros(top, dtype=torch.long, device=self.device)
+        self.pad_block = pad_block
+        self._table = (torch.full((top, table_width), pad_block, dtype=torch.int32, device=self.device)
+                       if table_width else None)
         self._captured: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool: Any = None  # a CUDA graph memory-pool handle shared by every bucket
         self.capture_seconds: dict[tuple[str, int], float] = {}
@@ -91,12 +96,15 @@ class BucketedDecoder:
 
     def _run(self, bucket: int) -> torch.Tensor:
         tokens, positions = self._tokens[:bucket], self._positions[:bucket]
+        table = self._table[:bucket] if self._table is not None else None
         if self.compiled and bucket > 1:
             # one graph for 2..top: bounding the batch lets the compiler see that slicing
             # the first `batch` cache slots never clips (else it specialises on top)
-            for t in (tokens, positions):
+            for t in (tokens, positions) if table is None else (tokens, positions, table):
                 torch._dynamo.mark_dynamic(t, 0, min=2, max=self.buckets[-1])
-        return self._fn(self.model, tokens, positions)
+        if table is None:
+            return self._fn(self.model, tokens, positions)
+        return self._fn(self.model, tokens, positions, table)
 
     def _capture(self, key: str, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor] | None:
         """Run the step on the static buffers twice on a side stream (compiles, autotunes),
@@ -142,10 +150,12 @@ class BucketedDecoder:
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - started
 
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, key: str = "") -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, key: str = "",
+                 table: torch.Tensor | None = None) -> torch.Tensor:
         """Decode slots ``0..n-1`` (``tokens``/``positions`` [n]); returns logits [n, V].
 
-        With graphs the result lives in the graph's memory: read it before the next call.
+        ``table`` [n, table_width]: block tables of a paged cache. With graphs the result
+        lives in the graph's memory: read it before the next call.
         """
         n = int(tokens.shape[0])
         bucket = bucket_for(n, self.buckets)
@@ -155,6 +165,11 @@ class BucketedDecoder:
         if n < bucket:
             self._tokens[n:bucket].zero_()
             self._positions[n:bucket].zero_()
+        if self._table is not None:
+            if table is None:
+                raise ValueError("a paged decoder needs the block table")
+            self._table[:n].copy_(table, non_blocking=True)
+            self._table[n:bucket].fill_(self.pad_block)
         if not self.graphs:
             return self._run(bucket)[:n]
         entry = self._captured.get((key, bucket))

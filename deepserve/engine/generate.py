@@ -42,7 +42,22 @@ def prefill_batch(model: Transformer, prompts: list[torch.Tensor], slots: list[i
     return logits[:, 0].float()
 
 
-def decode_step(model: Transformer, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Feed one token per slot: ``tokens``/``positions`` [slots]; return logits [slots, V]."""
-    logits = model(tokens[:, None], positions[:, None], None)  # [slots, 1, V]
+def prefill_paged(model: Transformer, tokens: torch.Tensor, table: torch.Tensor,
+                  start_pos: int = 0) -> torch.Tensor:
+    """Write ``tokens`` [T] at ``start_pos`` through a block table [1, blocks] (a paged
+    cache); return the last logits [V] (fp32)."""
+    device = model.lm_head.weight.device
+    positions = torch.arange(start_pos, start_pos + tokens.shape[0], device=device)[None]
+    last = torch.tensor([tokens.shape[0] - 1], device=device)
+    logits = model(tokens.to(device)[None], positions, None, last=last, fresh=start_pos == 0,
+                   block_table=table.to(device))
+    return logits[0, -1].float()
+
+
+def decode_step(model: Transformer, tokens: torch.Tensor, positions: torch.Tensor,
+                block_table: torch.Tensor | None = None) -> torch.Tensor:
+    """Feed one token per slot: ``tokens``/``positions`` [slots]; return logits [slots, V].
+
+    ``block_table`` [slots, blocks]: the sequences' blocks in a paged cache."""
+    logits = model(tokens[:, None], positions[:, None], None, block_table=block_table)  # [slots, 1, V]
     return logits[:, 0].float()

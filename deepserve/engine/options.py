@@ -88,6 +88,7 @@ class EngineOptions:
     device: str = "auto"
     compile: bool = False
     kv_cache_dtype: str = "auto"  # "fp8": E4M3 KV cache, half the bytes (issue #19.3)
+    kv_page_tokens: int = 0  # > 0: paged KV cache with blocks of this many tokens (issue #19.3)
     served_model: str = ""
     served_version: str = "1"
     namespace: str = ""
@@ -130,6 +131,7 @@ class EngineOptions:
             raise EngineOptionsError("device", f"must be one of {DEVICES}, got {self.device!r}")
         if not isinstance(self.compile, bool):
             raise EngineOptionsError("compile", "must be a boolean")
+        _require_int("kv_page_tokens", self.kv_page_tokens, 0, 4096)
         if self.kv_cache_dtype not in ("auto", "fp8"):
             raise EngineOptionsError("kv_cache_dtype", f"must be 'auto' or 'fp8', got {self.kv_cache_dtype!r}")
 

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from deepserve.engine.generate import prefill_paged
 from deepserve.engine.model.cache import to_storage
+from deepserve.engine.model.transformer import Transformer
 from deepserve.engine.prefix_cache import block_keys
 
 
@@ -118,9 +120,10 @@ class BlockTables:
         for block in seq.blocks if seq else []:
             self._drop(block)
 
-    def table(self, seq_ids: Sequence[str], width: int, device: torch.device | str) -> torch.Tensor:
-        """[len(seq_ids), width] int32 block table (unused entries 0: never read)."""
-        out = torch.zeros(len(seq_ids), width, dtype=torch.int32)
+    def table(self, seq_ids: Sequence[str], width: int, device: torch.device | str,
+              fill: int = 0) -> torch.Tensor:
+        """[len(seq_ids), width] int32 block table (unused entries ``fill``: never read)."""
+        out = torch.full((len(seq_ids), width), fill, dtype=torch.int32)
         for row, seq_id in enumerate(seq_ids):
             blocks = self._seqs[seq_id].blocks
             if len(blocks) > width:
@@ -155,3 +158,55 @@ class PagedKVCache(nn.Module):
         # advanced indices around a slice put the indexed dims first: [B, T, Hkv, D]
         self.k_pool[blocks, :, offsets] = to_storage(k.transpose(1, 2), self.k_pool.dtype)
         self.v_pool[blocks, :, offsets] = to_storage(v.transpose(1, 2), self.v_pool.dtype)
+
+
+class PagedSlots:
+    """The engine's side of a paged cache: pools in ``model``, admission by reservation,
+    prefill into blocks, per-step block tables, release on finish or cancel.
+
+    A request is admitted only when blocks for its prompt plus ``max_tokens`` are not
+    promised to others, so a running sequence never runs out; blocks are still taken only
+    as it grows. Keys are cache slots (unique among running sequences)."""
+
+    def __init__(self, model: Transformer, max_seq_len: int, page: int, blocks: int,
+                 kv_dtype: torch.dtype | None) -> None:
+        self.width = -(-max_seq_len // page)  # table entries per sequence
+        # one more block: padding rows of a decode step write there, no sequence owns it
+        model.setup_paged_caches(blocks + 1, page, max_seq_len, kv_dtype)
+        self.tables = BlockTables(blocks, page)
+        self.pad_block = blocks
+        self.reserved = 0
+
+    def reserve(self, prompt_tokens: int, max_tokens: int) -> int:
+        """Blocks set aside for one request, or 0 when the pool cannot promise them now."""
+        need = self.tables.blocks_for(prompt_tokens + max_tokens)
+        if self.reserved + need > self.tables.num_blocks:
+            return 0
+        self.reserved += need
+        return need
+
+    def prefill(self, model: Transformer, slot: int, prompt_ids: Sequence[int]) -> tuple[torch.Tensor, int]:
+        """Map cached prompt blocks, prefill the rest; (last logits [V], prompt rows reused)."""
+        key = str(slot)
+        reused = self.tables.add(key, prompt_ids)
+        self.tables.grow(key, len(prompt_ids))
+        table = self.tables.table([key], self.width, model.lm_head.weight.device)
+        logits = prefill_paged(model, torch.tensor(list(prompt_ids[reused:]), dtype=torch.long),
+                               table, start_pos=reused)
+        self.tables.publish(key, prompt_ids)
+        return logits, reused
+
+    def step_table(self, next_rows: dict[int, int], width: int) -> torch.Tensor:
+        """Block tables of slots ``0..width-1`` for a decode step (``next_rows``: running
+        slot -> rows it will hold); free slots point at the padding block."""
+        for slot, rows in next_rows.items():
+            self.tables.grow(str(slot), rows)  # within its reservation
+        table = torch.full((width, self.width), self.pad_block, dtype=torch.int32)
+        live = sorted(next_rows)
+        table[live] = self.tables.table([str(s) for s in live], self.width, "cpu", fill=self.pad_block)
+        return table
+
+    def release(self, slot: int, reserved: int) -> None:
+        """The sequence in ``slot`` finished or was cancelled."""
+        self.tables.release(str(slot))
+        self.reserved -= reserved

@@ -19,7 +19,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -29,6 +29,8 @@ from deepserve.engine.decode_graphs import BucketedDecoder
 from deepserve.engine.features import EngineFeatures
 from deepserve.engine.generate import prefill
 from deepserve.engine.model.transformer import Transformer
+from deepserve.engine.paged_kv import PagedSlots
+from deepserve.engine.requests import ChunkCallback, GenerationChunk, RequestHandle, RequestStats
 from deepserve.engine.sampling import (
     InvalidRequestError,
     SamplingParams,
@@ -37,92 +39,12 @@ from deepserve.engine.sampling import (
 )
 from deepserve.engine.tokenizer import StreamDecoder, TextTokenizer
 
+__all__ = ["ChunkCallback", "GenerationChunk", "InferenceEngine", "RequestHandle", "RequestStats"]
+
 log = logging.getLogger(__name__)
 
 # "auto": the weights' dtype; "fp8": E4M3 at unit scale (half the bytes of bf16)
 KV_CACHE_DTYPES: dict[str, torch.dtype | None] = {"auto": None, "fp8": torch.float8_e4m3fn}
-
-
-@dataclass(frozen=True)
-class RequestStats:
-    """Timing and token counts of one finished request."""
-
-    prompt_tokens: int
-    generated_tokens: int
-    started_at: datetime
-    ended_at: datetime
-    time_to_first_token_s: float | None
-    time_per_output_token_s: float | None
-
-    @property
-    def compute_ms(self) -> int:
-        """Wall time from admission to the end, in milliseconds."""
-        return int((self.ended_at - self.started_at).total_seconds() * 1000)
-
-
-@dataclass
-class GenerationChunk:
-    """A piece of streamed output; the last one has ``finished`` set and ``stats``."""
-
-    request_id: str
-    text: str
-    prompt_tokens: int
-    generated_tokens: int
-    finished: bool = False
-    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
-    error: str | None = None
-    stats: RequestStats | None = None
-    token_ids: list[int] | None = None  # final chunk: every generated id (including eos)
-    precision: str | None = None  # final chunk: the least precise compute that served it
-    reused_prompt_tokens: int = 0  # final chunk: prompt tokens taken from the prefix cache
-
-
-ChunkCallback = Callable[[GenerationChunk], None]
-
-
-class RequestHandle:
-    """The caller's side of a request: iterate its chunks, read the result, or cancel it."""
-
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
-        self._chunks: collections.deque[GenerationChunk] = collections.deque()
-        self._cond = threading.Condition()
-        self._cancelled = False
-        self.final: GenerationChunk | None = None
-
-    def cancel(self) -> None:
-        """Ask the engine to stop this request at its next step."""
-        self._cancelled = True
-
-    @property
-    def cancelled(self) -> bool:
-        """True once :meth:`cancel` was called."""
-        return self._cancelled
-
-    def _put(self, chunk: GenerationChunk) -> None:
-        with self._cond:
-            self._chunks.append(chunk)
-            if chunk.finished:
-                self.final = chunk
-            self._cond.notify_all()
-
-    def __iter__(self) -> Iterator[GenerationChunk]:
-        """Yield chunks as they arrive (blocks; needs the engine thread or another driver)."""
-        while True:
-            with self._cond:
-                while not self._chunks:
-                    self._cond.wait()
-                chunk = self._chunks.popleft()
-            yield chunk
-            if chunk.finished:
-                return
-
-    def drain(self) -> list[GenerationChunk]:
-        """Return the chunks received so far without blocking."""
-        with self._cond:
-            chunks = list(self._chunks)
-            self._chunks.clear()
-        return chunks
 
 
 @dataclass
@@ -145,6 +67,7 @@ class _Sequence:
     output_ids: list[int] = field(default_factory=list)
     precision: str = ""
     reused_tokens: int = 0
+    reserved_blocks: int = 0  # paged cache: blocks set aside for prompt + max_tokens
 
 
 class InferenceEngine:
@@ -153,7 +76,8 @@ class InferenceEngine:
     def __init__(self, model: Transformer, tokenizer: TextTokenizer, *, slots: int,
                  max_input_tokens: int, max_new_tokens_limit: int, precision: str = "fp32",
                  compile_decode: bool = False, features: EngineFeatures | None = None,
-                 warm_up: bool | None = None, kv_cache_dtype: str = "auto") -> None:
+                 warm_up: bool | None = None, kv_cache_dtype: str = "auto",
+                 kv_page_tokens: int = 0, kv_blocks: int = 0) -> None:
         self.model, self.tokenizer = model, tokenizer
         # part 2 (sparse attention, adaptive precision, prefix cache); all off by default
         self.features = features or EngineFeatures(precision=precision)
@@ -166,8 +90,17 @@ class InferenceEngine:
             raise ValueError(f"kv_cache_dtype: must be one of {sorted(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
         if kv_cache_dtype == "fp8" and self.features.sparse is not None:
             raise ValueError("kv_cache_dtype: fp8 is not supported with sparse attention")
-        model.setup_caches(slots, self.max_seq_len, KV_CACHE_DTYPES[kv_cache_dtype])
         self.kv_cache_dtype = kv_cache_dtype
+        self.paged: PagedSlots | None = None  # paged KV cache: blocks on demand
+        if kv_page_tokens:
+            if self.features.prefix_cache is not None or self.features.sparse is not None:
+                raise ValueError("kv_page_tokens: a paged cache shares prefixes itself; not "
+                                 "with the slot prefix cache or sparse attention")
+            width = -(-self.max_seq_len // kv_page_tokens)  # default: the static cache's memory
+            self.paged = PagedSlots(model, self.max_seq_len, kv_page_tokens, kv_blocks or slots * width,
+                                    KV_CACHE_DTYPES[kv_cache_dtype])
+        else:
+            model.setup_caches(slots, self.max_seq_len, KV_CACHE_DTYPES[kv_cache_dtype])
         self.slots = slots
         self._free = list(range(slots))  # a min-heap: running sequences stay in low slots
         self._running: dict[int, _Sequence] = {}
@@ -180,7 +113,9 @@ class InferenceEngine:
         # host sync (no CUDA graph)
         dense = model.args.n_routed_experts == 0
         self.decoder = BucketedDecoder(model, slots, compile=compile_decode,
-                                       graphs=compile_decode and dense, fullgraph=dense)
+                                       graphs=compile_decode and dense, fullgraph=dense,
+                                       table_width=self.paged.width if self.paged else 0,
+                                       pad_block=self.paged.pad_block if self.paged else 0)
         if compile_decode if warm_up is None else warm_up:
             self.warm_up()
 
@@ -264,19 +199,28 @@ class InferenceEngine:
             with self._lock:
                 if not self._free or not self._waiting:
                     return
-                seq = self._waiting.popleft()
+                seq = self._waiting[0]
+                if self.paged is not None:  # admit only what the pool can finish
+                    seq.reserved_blocks = self.paged.reserve(len(seq.prompt_ids), seq.params.max_tokens)
+                    if not seq.reserved_blocks:
+                        return
+                self._waiting.popleft()
                 seq.slot = heapq.heappop(self._free)
             self._running[seq.slot] = seq
             seq.started_at, seq.started = datetime.now(UTC), time.monotonic()
             seq.precision = self.features.choose_precision(seq.prompt_ids)
-            cache = self.features.prefix_cache
-            reused = cache.restore(seq.slot, seq.prompt_ids) if cache is not None else 0
-            seq.reused_tokens = reused
-            tokens = torch.tensor(seq.prompt_ids[reused:], dtype=torch.long)
-            with self.features.compute(seq.precision):
-                logits = prefill(self.model, tokens, seq.slot, start_pos=reused)
-            if cache is not None:
-                cache.store(seq.slot, seq.prompt_ids)
+            if self.paged is not None:
+                with self.features.compute(seq.precision):
+                    logits, seq.reused_tokens = self.paged.prefill(self.model, seq.slot, seq.prompt_ids)
+            else:
+                cache = self.features.prefix_cache
+                reused = cache.restore(seq.slot, seq.prompt_ids) if cache is not None else 0
+                seq.reused_tokens = reused
+                tokens = torch.tensor(seq.prompt_ids[reused:], dtype=torch.long)
+                with self.features.compute(seq.precision):
+                    logits = prefill(self.model, tokens, seq.slot, start_pos=reused)
+                if cache is not None:
+                    cache.store(seq.slot, seq.prompt_ids)
             seq.next_pos = len(seq.prompt_ids)
             self._accept(seq, sample_token(logits, seq.params, seq.generator))
 
@@ -288,7 +232,10 @@ class InferenceEngine:
             tokens[slot], positions[slot] = seq.last_token, seq.next_pos
         precision = self.features.batch_precision(s.precision for s in self._running.values())
         with self.features.compute(precision):
-            logits = self.decoder(tokens.to(self.device), positions.to(self.device), key=precision)
+            table = None if self.paged is None else self.paged.step_table(
+                {slot: seq.next_pos + 1 for slot, seq in self._running.items()}, width).to(self.device)
+            logits = self.decoder(tokens.to(self.device), positions.to(self.device), key=precision,
+                                  table=table)
         greedy = logits.argmax(dim=-1).tolist()  # one device sync for every greedy sequence
         for slot, seq in list(self._running.items()):
             seq.next_pos += 1
@@ -319,6 +266,8 @@ class InferenceEngine:
             del self._running[seq.slot]
             with self._lock:
                 heapq.heappush(self._free, seq.slot)
+            if self.paged is not None:  # finished or cancelled: its blocks go back
+                self.paged.release(seq.slot, seq.reserved_blocks)
         now = time.monotonic()
         ttft = seq.first_token - seq.started if seq.first_token is not None else None
         tpot = ((now - seq.first_token) / (seq.generated - 1)

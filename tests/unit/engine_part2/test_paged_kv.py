@@ -9,13 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from deepserve.engine.build import build_engine
 from deepserve.engine.checkpoint import load_transformer
 from deepserve.engine.generate import decode_step, prefill
 from deepserve.engine.kernels import decode_attention_reference
 from deepserve.engine.kernels import flash_decode as kernel_module
 from deepserve.engine.kernels.flash_decode import paged_decode_attention, paged_gather
 from deepserve.engine.model.transformer import Transformer
+from deepserve.engine.options import EngineOptions, EngineOptionsError
 from deepserve.engine.paged_kv import BlockTables, OutOfBlocksError
+from deepserve.engine.runtime import InferenceEngine
+from deepserve.engine.sampling import SamplingParams
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +31,7 @@ def test_blocks_come_on_demand_go_back_on_release_and_prefixes_are_shared() -> N
     assert len(tables.grow("a", 10)) == 3 and tables.free_blocks == 3
     assert len(tables.grow("a", 12)) == 3  # still inside the third block: nothing new
     tables.publish("a", prompt)
-    assert tables.add("b", prompt[:9] + [7, 7]) == 8  # both full blocks reused
+    assert tables.add("b", [*prompt[:9], 7, 7]) == 8  # both full blocks reused
     b_blocks = tables.grow("b", 11)
     a_blocks = tables.grow("a", 13)
     assert b_blocks[:2] == a_blocks[:2] and b_blocks[2] != a_blocks[2] and tables.free_blocks == 1
@@ -122,3 +126,51 @@ def test_paged_model_equals_the_contiguous_cache_with_a_shared_prefix(
     tables.release("a")
     tables.release("b")
     assert tables.free_blocks == 20
+
+
+def _engine(path: Path, **kw: object) -> InferenceEngine:
+    return build_engine(EngineOptions(model_dir=str(path), device="cpu", max_batch_size=4,
+                                      max_input_tokens=40, max_new_tokens_limit=12,
+                                      precision="fp32", **kw))  # type: ignore[arg-type]
+
+
+def test_paged_engine_serves_like_the_static_cache_and_returns_every_block(
+        part2_dirs: dict[str, Path]) -> None:
+    static = _engine(part2_dirs["llama"])
+    paged = _engine(part2_dirs["llama"], kv_page_tokens=8)
+    assert paged.paged is not None and paged.paged.tables.num_blocks == 4 * 7  # 52 tokens: 7 blocks
+    prompts = ["the quick brown fox jumps over the lazy dog", "a cat", "numbers such as one two three"]
+    params = SamplingParams(max_tokens=10, ignore_eos=True)
+    want = [r.token_ids for r in static.generate(prompts, params)]
+    assert [r.token_ids for r in paged.generate(prompts, params)] == want
+    assert paged.paged.tables.free_blocks == 4 * 7 and paged.paged.reserved == 0
+    # a repeated prompt maps the running sequence's full prompt blocks instead of prefilling them
+    first = paged.submit(prompts[0], params)
+    paged.step()
+    second = paged.submit(prompts[0], params)
+    paged.step()
+    third = paged.submit(prompts[1], params)
+    paged.step()
+    third.cancel()  # cancelled mid-way: its blocks return at the next step
+    paged.run_until_idle()
+    assert second.final is not None and first.final is not None and third.final is not None
+    assert second.final.reused_prompt_tokens >= 8 and second.final.token_ids == want[0]
+    assert third.final.finish_reason == "cancelled"
+    assert paged.paged.tables.free_blocks == 4 * 7 and paged.paged.reserved == 0
+
+
+def test_paged_engine_waits_for_blocks_instead_of_failing(part2_dirs: dict[str, Path]) -> None:
+    engine = _engine(part2_dirs["llama"], kv_page_tokens=8, kv_cache_tokens=56)  # 7 blocks
+    params = SamplingParams(max_tokens=10, ignore_eos=True)
+    prompt = "the quick brown fox jumps over the lazy dog and the cat sat on the warm mat"
+    assert engine.paged is not None and engine.paged.tables.num_blocks == 7
+    need = engine.paged.tables.blocks_for(len(engine.tokenizer.encode(prompt)) + 10)
+    assert 2 * need > 7  # two such requests do not fit at once
+    handles = [engine.submit(prompt, params) for _ in range(2)]
+    engine.step()
+    assert len(engine._running) == 1  # the second waits for blocks
+    engine.run_until_idle()
+    outs = [h.final.token_ids for h in handles if h.final is not None]
+    assert len(outs) == 2 and outs[0] == outs[1] and len(outs[0] or []) == 10
+    with pytest.raises(EngineOptionsError, match="kv_page_tokens"):
+        EngineOptions(model_dir="m", kv_page_tokens=-1)
