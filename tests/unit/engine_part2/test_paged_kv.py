@@ -129,9 +129,10 @@ def test_paged_model_equals_the_contiguous_cache_with_a_shared_prefix(
 
 
 def _engine(path: Path, **kw: object) -> InferenceEngine:
-    return build_engine(EngineOptions(model_dir=str(path), device="cpu", max_batch_size=4,
-                                      max_input_tokens=40, max_new_tokens_limit=12,
-                                      precision="fp32", **kw))  # type: ignore[arg-type]
+    opts: dict[str, object] = {"max_batch_size": 4, **kw}
+    return build_engine(EngineOptions(model_dir=str(path), device="cpu", max_input_tokens=40,
+                                      max_new_tokens_limit=12, precision="fp32",
+                                      **opts))  # type: ignore[arg-type]
 
 
 def test_paged_engine_serves_like_the_static_cache_and_returns_every_block(
@@ -174,3 +175,19 @@ def test_paged_engine_waits_for_blocks_instead_of_failing(part2_dirs: dict[str, 
     assert len(outs) == 2 and outs[0] == outs[1] and len(outs[0] or []) == 10
     with pytest.raises(EngineOptionsError, match="kv_page_tokens"):
         EngineOptions(model_dir="m", kv_page_tokens=-1)
+
+
+def test_paged_engine_runs_more_sequences_than_static_slots_in_the_same_memory(
+        part2_dirs: dict[str, Path]) -> None:
+    budget = {"max_batch_size": 8, "kv_cache_tokens": 104}  # 2 static slots of 40 + 12 tokens
+    static = _engine(part2_dirs["llama"], **budget)
+    paged = _engine(part2_dirs["llama"], kv_page_tokens=8, **budget)  # 13 blocks of 8
+    params = SamplingParams(max_tokens=4, ignore_eos=True)  # short requests: 1 block each
+    for engine in (static, paged):
+        for _ in range(8):
+            engine.submit("a cat", params)
+        engine.step()
+    assert static.slots == 2 and len(static._running) == 2
+    assert len(paged._running) == 8  # 4x the sequences in the same KV memory
+    paged.run_until_idle()
+    static.run_until_idle()
