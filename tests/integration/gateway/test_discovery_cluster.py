@@ -78,7 +78,7 @@ def test_routes_come_from_models_and_ready_pods_and_a_held_request_wakes_the_mod
             await asyncio.to_thread(_make_ready, gw_kube, namespace, "chat-a-1", "127.0.0.1")
             resp = await asyncio.wait_for(held, 20)  # discovery saw the Ready pod: request goes on
             assert resp.choices[0].text == "hello world"
-            assert pod.seen[0][1]["model"] == f"{namespace}/chat"
+            assert pod.seen[0][1]["model"] == "chat"  # the pod serves its model by its bare name
             assert len(gw.holder.cold_starts[(namespace, "chat", "a")]) == 1
         finally:
             await gw.stop()
