@@ -170,7 +170,7 @@ def front_door(kube: Kube, door: FrontDoor, stack: Stack) -> None:
     for i, prompt in enumerate(PROMPTS):
         stream = i % 2 == 1
         print(f"    [{'stream' if stream else 'whole '}] {prompt!r} -> ", end="", flush=True)
-        echo = (lambda t: print(t, end="", flush=True)) if stream else (lambda _t: None)
+        echo = (lambda t: print(repr(t)[1:-1], end="", flush=True)) if stream else (lambda _t: None)
         result = call_through_gateway(door.url, key, model, prompt, stream=stream, echo=echo)
         if not stream:
             print(repr(result.text), end="")

@@ -154,10 +154,17 @@ class FrontDoor:
                         "--expires", "1d").stdout.strip()
 
     def set_prices(self, ledger: Path) -> None:
-        """Record the demo's token prices in the ledger, effective from now."""
+        """Record the demo's token prices, effective from the start of this UTC hour.
+
+        Usage is billed in hourly rows priced by the sheet in effect when the row's hour
+        starts, so a sheet from "now" would leave this hour's calls at 0.
+        """
+        from datetime import UTC, datetime
+
         sheet = self.work_dir / "demo-prices.json"
         sheet.write_text(json.dumps(DEMO_PRICES))
-        self.cli("billing", "prices", "--ledger", str(ledger), str(sheet))
+        hour = datetime.now(UTC).strftime("%Y-%m-%dT%H:00:00Z")
+        self.cli("billing", "prices", "--ledger", str(ledger), str(sheet), "--since", hour)
 
     def start_gateway(self) -> ManagedProcess:
         """Run ``deepserve gateway run`` as the chart's gateway ServiceAccount."""
@@ -199,27 +206,30 @@ class CallResult:
 
 
 def call_through_gateway(url: str, key: str, model: str, prompt: str, *, stream: bool,
-                         max_tokens: int = 24, echo: Callable[[str], None] = lambda _t: None) -> CallResult:
-    """One chat completion through the gateway with the real ``openai`` client."""
+                         max_tokens: int = 16, echo: Callable[[str], None] = lambda _t: None) -> CallResult:
+    """One completion through the gateway with the real ``openai`` client.
+
+    Text completions, not chat: ``builtin://tiny-llama`` ships no chat template (the pod
+    answers chat requests for it with 400).
+    """
     import openai
 
     client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=2, timeout=120)
-    messages: Any = [{"role": "user", "content": prompt}]
     if not stream:
-        answer = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                                temperature=0, seed=7)
+        answer = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
+                                           temperature=0, seed=7)
         usage = answer.usage
         if usage is None:
             raise StackError("the gateway's answer carried no usage")
-        return CallResult(answer.choices[0].message.content or "", usage.prompt_tokens, usage.completion_tokens)
+        return CallResult(answer.choices[0].text, usage.prompt_tokens, usage.completion_tokens)
     parts: list[str] = []
     prompt_tokens = completion_tokens = -1
-    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                                temperature=0, seed=7, stream=True,
-                                                stream_options={"include_usage": True}):
-        if chunk.choices and chunk.choices[0].delta.content:
-            parts.append(chunk.choices[0].delta.content)
-            echo(chunk.choices[0].delta.content)
+    for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
+                                           temperature=0, seed=7, stream=True,
+                                           stream_options={"include_usage": True}):
+        if chunk.choices and chunk.choices[0].text:
+            parts.append(chunk.choices[0].text)
+            echo(chunk.choices[0].text)
         if chunk.usage is not None:
             prompt_tokens, completion_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
     if prompt_tokens < 0:
