@@ -269,7 +269,9 @@ def _decide_cached(model: dict[str, Any], observed: Observed, settings: Settings
     move_to = move_target({**model, "status": {**(model.get("status") or {}),
                                                "scaling": (observed.model.get("status") or {}).get("scaling")}},
                           settings)
-    key = digest([md.get("generation"), (model.get("status") or {}).get("placement"), move_to])
+    placed = ((model.get("status") or {}).get("placement") or {}).get("pool")
+    offered = any(p.name == placed for p in observed.pools)  # a deleted pool invalidates the kept plan
+    key = digest([md.get("generation"), (model.get("status") or {}).get("placement"), move_to, offered])
     hit = cache.get(md["uid"]) if cache is not None else None
     if hit is not None and hit[0] == key:
         return hit[1]
