@@ -155,7 +155,7 @@ def children_of(model: dict[str, Any], pool: dict[str, Any]) -> list[dict[str, A
     return build_children(ctx)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize="DEEPSERVE_PROPERTY_EXAMPLES" not in os.environ,
+@settings(max_examples=EXAMPLES, deadline=None, derandomize="DEEPSERVE_PROPERTY_EXAMPLES" not in os.environ, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(model=models(), pool=pools())
 def test_every_admitted_model_yields_children_the_server_admits(model: dict[str, Any], pool: dict[str, Any],
