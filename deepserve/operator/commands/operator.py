@@ -30,6 +30,13 @@ def register(sub: Any) -> None:
     run.add_argument("--peering", default=PEERING_NAME, help="ClusterKopfPeering name shared by replicas")
     run.add_argument("--priority", type=int, default=None,
                      help="peering priority; the highest live replica acts, others pause (default: random)")
+    run.add_argument("--leader-elect", default="", metavar="NAMESPACE/NAME",
+                     help="one active replica, elected with this coordination.k8s.io Lease instead of kopf "
+                          "peering; a crashed leader is replaced in about --lease-duration (docs/faults.md)")
+    run.add_argument("--lease-duration", type=_seconds, default=10.0, metavar="SECONDS",
+                     help="with --leader-elect: how long a Lease not renewed stays the holder's")
+    run.add_argument("--lease-renew", type=_seconds, default=3.0, metavar="SECONDS",
+                     help="with --leader-elect: how often the leader renews the Lease")
     run.add_argument("--engine-image", default="ghcr.io/deepserve/engine:latest",
                      help="default Triton + deepserve engine image")
     run.add_argument("--usage-endpoint", default="", help="URL engines ship usage events to")
@@ -212,18 +219,27 @@ def _run(args: argparse.Namespace) -> int:
                               autoscaler=autoscaler)
     registry = kopf.OperatorRegistry()
     register(registry, options, gateway_api)
-    if not args.standalone:
+    standalone = args.standalone or bool(args.leader_elect)  # the Lease, not kopf peering, picks who acts
+    if not standalone:
         _ensure_peering(args.kubeconfig, args.peering, args.namespace)
     priority = args.priority if args.priority is not None else random.randint(1, 2**31 - 1)
     log.info("deepserve operator starting (gateway API: %s, peering: %s, priority %d)",
-             gateway_api, "off" if args.standalone else args.peering, priority)
-    kopf.run(
-        registry=registry, standalone=args.standalone, priority=priority,
-        peering_name=None if args.standalone else args.peering,
-        clusterwide=not args.namespace, namespaces=args.namespace,
-        liveness_endpoint=args.liveness or None, memo=kopf.Memo(),
-    )
-    return 0
+             gateway_api, "off" if standalone else args.peering, priority)
+
+    def run_kopf() -> None:
+        kopf.run(
+            registry=registry, standalone=standalone, priority=priority,
+            peering_name=None if standalone else args.peering,
+            clusterwide=not args.namespace, namespaces=args.namespace,
+            liveness_endpoint=args.liveness or None, memo=kopf.Memo(),
+        )
+
+    if not args.leader_elect:
+        run_kopf()
+        return 0
+    from deepserve.operator.leases import run_leader_elected
+
+    return run_leader_elected(args.kubeconfig, args.leader_elect, args.lease_duration, args.lease_renew, run_kopf)
 
 
 if __name__ == "__main__":
