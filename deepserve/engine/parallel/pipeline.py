@@ -57,7 +57,7 @@ class PipelineStage:
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor,
                  slots: torch.Tensor | None = None, *, last: torch.Tensor | None = None,
-                 fresh: bool = False) -> torch.Tensor:
+                 fresh: bool = False, block_table: torch.Tensor | None = None) -> torch.Tensor:
         """Same contract as :meth:`Transformer.forward`; the logits are real on rank 0 only."""
         model, layout = self.model, self.layout
         rows, width = tokens.shape
@@ -72,6 +72,8 @@ class PipelineStage:
                           else None if len(chunks) == 1
                           else torch.arange(start, end, device=tokens.device))
             batch = model.attention_batch(positions[start:end], part_slots, fresh)
+            if block_table is not None:  # a paged cache: this micro-batch's rows of the table
+                batch.block_table = block_table[start:end]
             if self.prev is None:
                 x = model.model.embed_tokens(tokens[start:end])
             else:
