@@ -59,5 +59,8 @@ def decode_step(model: Transformer, tokens: torch.Tensor, positions: torch.Tenso
     """Feed one token per slot: ``tokens``/``positions`` [slots]; return logits [slots, V].
 
     ``block_table`` [slots, blocks]: the sequences' blocks in a paged cache."""
-    logits = model(tokens[:, None], positions[:, None], None, block_table=block_table)  # [slots, 1, V]
+    if block_table is None:  # the plain call: pipeline stages stand in for the model here
+        logits = model(tokens[:, None], positions[:, None], None)  # [slots, 1, V]
+    else:
+        logits = model(tokens[:, None], positions[:, None], None, block_table=block_table)
     return logits[:, 0].float()
