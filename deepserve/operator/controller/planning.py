@@ -79,13 +79,22 @@ def placement_request(spec: InferenceModelSpec) -> Any:
     return planner.PlacementRequest(**{k: v for k, v in values.items() if k in known})
 
 
+def _pipeline_parallel(c: Any, spec: InferenceModelSpec) -> int:
+    """The planner's stages (multi-node), or the spec's when its TP x PP fills the replica."""
+    planned = int(getattr(c, "pipeline_parallel", 1))
+    e = spec.engine
+    if planned == 1 and e.tensor_parallel and e.tensor_parallel * e.pipeline_parallel == int(c.gpus_per_replica):
+        return int(e.pipeline_parallel)
+    return planned
+
+
 def _chosen(c: Any, pool: Any, spec: InferenceModelSpec, tolerations: Tolerations) -> ChosenPlacement:
     return ChosenPlacement(
         pool=c.pool, accelerator_id=c.accelerator_id, gpus_per_replica=int(c.gpus_per_replica),
         tensor_parallel=int(spec.engine.tensor_parallel or c.tensor_parallel), precision=c.precision,
         node_selector=dict(c.node_selector or getattr(pool, "node_selector", {}) or {}),
         tolerations=tolerations.get(c.pool, ()),
-        pipeline_parallel=max(int(getattr(c, "pipeline_parallel", 1)), int(spec.engine.pipeline_parallel or 1)),
+        pipeline_parallel=_pipeline_parallel(c, spec),
         nodes_per_replica=int(getattr(c, "nodes_per_replica", 1)),
     )
 
@@ -156,6 +165,9 @@ def plan(spec: InferenceModelSpec, pools: list[Any], previous: dict[str, Any] | 
     if shape is None:
         return PlanOutcome(None, f"UnknownModelShape: the operator does not fetch {spec.source.scheme}:// "
                                  "sources; set spec.source.shape so the planner can size the model")
+    if spec.engine.pipeline_parallel > shape.layers:  # the engine could not build its stages
+        return PlanOutcome(None, f"InvalidParallelism: spec.engine.pipelineParallel: "
+                                 f"{spec.engine.pipeline_parallel} stages exceed the model's {shape.layers} layers")
     result = planner.plan_placement(shape, pools, placement_request(spec))
     rejected = tuple((c.pool, c.rejected_reason) for c in result.ranked if c.rejected_reason)[:64]
     if result.chosen is None:

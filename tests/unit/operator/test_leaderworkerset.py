@@ -96,3 +96,20 @@ def test_multi_node_without_lws_is_not_scheduled_and_says_why(monkeypatch: pytes
     assert "LeaderWorkerSet" in [c["kind"] for c in served.children]
     single = _decide(monkeypatch, SINGLE)
     assert "Deployment" in [c["kind"] for c in single.children]
+
+
+def test_pipeline_parallel_beyond_the_layers_is_not_scheduled_and_a_fitting_one_runs() -> None:
+    from deepserve.operator.controller.planning import plan
+    from deepserve.operator.placement import PoolOffer
+
+    pools = [PoolOffer("a100", "nvidia-a100-sxm4-80gb", 8, 2, 16, 1.80, max_nodes=2)]
+    deep = InferenceModelSpec.from_dict(make_model().engine(pipelineParallel=4).obj()["spec"])
+    refused = plan(deep, pools, None, True)  # builtin tiny-llama has 2 layers
+    assert refused.chosen is None
+    assert refused.reason.startswith(
+        "InvalidParallelism: spec.engine.pipelineParallel: 4 stages exceed the model's 2 layers")
+    both = InferenceModelSpec.from_dict(
+        make_model().engine(tensorParallel=2, pipelineParallel=2).obj()["spec"])
+    chosen = plan(both, pools, None, True).chosen
+    assert chosen is not None
+    assert (chosen.tensor_parallel, chosen.pipeline_parallel, chosen.gpus_per_replica) == (2, 2, 4)
