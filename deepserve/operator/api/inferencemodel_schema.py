@@ -12,6 +12,7 @@ from deepserve.operator.api.quantity import bounded_quantity
 from deepserve.operator.api.schema_types import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
+    IMAGE_REFERENCE,
     LABEL_VALUE,
     QUALIFIED_NAME,
     Schema,
@@ -247,7 +248,8 @@ VERSION = obj(
                        max_length=MAX_VERSION_NAME),
         "weight": integer("Percent of traffic routed to this version.", minimum=0, maximum=100),
         "source": source_schema("Weights for this version; defaults to spec.source."),
-        "image": string("Engine image for this version; defaults to spec.runtime.image.", max_length=512),
+        "image": string("Engine image for this version; defaults to spec.runtime.image.", max_length=512,
+                        pattern=IMAGE_REFERENCE),
         "precision": string("Precision policy for this version.", enum=PRECISIONS),
         "sparseAttention": SPARSE_ATTENTION,
     },
@@ -258,7 +260,7 @@ RUNTIME = obj(
     "The Triton runtime.",
     {
         "image": string("Triton + deepserve engine image; defaults to the operator's --engine-image.",
-                        max_length=512),
+                        max_length=512, pattern=IMAGE_REFERENCE),
         "imagePullPolicy": string("Image pull policy.", enum=["Always", "IfNotPresent", "Never"],
                                   default="IfNotPresent"),
         "exitTimeoutSeconds": integer("Triton --exit-timeout-secs: how long in-flight requests may "

@@ -55,6 +55,12 @@ LABEL_KEY = st.one_of(LABEL_NAME, st.builds(lambda p, n: f"{p}/{n}", st.from_reg
 LABEL_VALUE = st.just("") | LABEL_NAME
 
 
+IMAGE = st.builds(lambda host, path, tag: f"{host}{'/'.join(path)}{tag}",
+                  st.sampled_from(["", "ghcr.io/", "localhost:5000/", "Registry.Example.com:443/"]),
+                  st.lists(st.from_regex(r"\A[a-z0-9]{1,12}([._-][a-z0-9]{1,12}){0,2}\Z"), min_size=1, max_size=3),
+                  st.sampled_from(["", ":latest", ":24.08-py3", "@sha256:" + "ab" * 32]))
+
+
 def quantity(unit: str) -> st.SearchStrategy[str | int]:
     """Positive quantities in every notation the schema admits."""
     whole = st.integers(1, 64)
@@ -109,7 +115,7 @@ def models(draw: st.DrawFn) -> dict[str, Any]:
     lo = draw(st.integers(0, 5))
     spec["scaling"] = {"minReplicas": lo, "maxReplicas": draw(st.integers(lo, 8))}
     spec["runtime"] = draw(st.fixed_dictionaries({}, optional={
-        "image": sized(string.ascii_letters + string.digits + string.punctuation + " ", 1, 200),
+        "image": IMAGE,
         "imagePullPolicy": st.sampled_from(["Always", "IfNotPresent", "Never"]),
         "exitTimeoutSeconds": st.integers(0, 3600), "drainSeconds": st.integers(0, 300)}))
     n = draw(st.integers(0, 3))

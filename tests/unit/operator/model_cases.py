@@ -148,6 +148,9 @@ INVALID_CASES: list[InvalidCase] = [
     _case("revision-not-hf", "spec.source.revision", make_model("c").set("source.revision", "main")),
     _case("revision-twice-differs", "spec.source.revision",
           make_model("c").source("hf://org/m@v1").set("source.revision", "v2")),
+    _case("image-whitespace", "spec.runtime.image", make_model("c").set("runtime.image", "ghcr.io/x/engine :v1")),
+    _case("image-uppercase-path", "spec.versions[0].image",
+          make_model("c").versions(("a", 100), a={"image": "ghcr.io/Team/Engine"})),
     _case("name-too-long", "metadata.name", make_model("m" * 45), api_only=True),
     _case("name-starts-with-digit", "metadata.name", make_model("1model"), api_only=True),
 ]
