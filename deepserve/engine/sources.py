@@ -5,6 +5,7 @@
   the operator passes ``/mnt/models/<path>``);
 - ``builtin://tiny-<arch>``: a deterministic tiny random checkpoint in the real Hugging
   Face format, created once under the cache directory (tests and demos);
+  ``builtin://tiny-chat`` is trained there instead (:mod:`deepserve.engine.tiny_chat`);
 - ``hf://org/name[@revision]`` and ``s3://bucket/prefix``: fetched by
   :func:`deepserve.engine.fetch.fetch` into ``<cache>/fetched/<key>`` (in a pod the init
   container ``deepserve engine fetch`` has done it already and the operator passes that
@@ -48,10 +49,14 @@ def resolve_model_dir(source: str, revision: str | None = None) -> str:
         out = cache_dir() / "builtin" / name
         if not (out / "config.json").exists():
             from deepserve.engine.tiny import make_tiny_checkpoint
+            from deepserve.engine.tiny_chat import make_tiny_chat_checkpoint
 
             log.info("creating built-in model %s in %s", name, out)
             tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-            make_tiny_checkpoint(tmp, arch, seed=0)
+            if name == "tiny-chat":  # trained here (~30 s of one core), not random weights
+                make_tiny_chat_checkpoint(tmp)
+            else:
+                make_tiny_checkpoint(tmp, arch, seed=0)
             out.parent.mkdir(parents=True, exist_ok=True)
             # another process may have won the race; its copy is identical
             with contextlib.suppress(OSError):

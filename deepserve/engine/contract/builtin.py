@@ -16,8 +16,12 @@ TINY_BOS_ID, TINY_EOS_ID = 0, 1
 
 BUILTIN_MODELS: dict[str, str] = {"tiny-llama": "llama", "tiny-qwen2": "qwen2",
                                   "tiny-deepseek-v3": "deepseek_v3",
-                                  "tiny-deepseek_v3": "deepseek_v3"}
+                                  "tiny-deepseek_v3": "deepseek_v3", "tiny-chat": "llama"}
 """``builtin://<name>`` -> architecture of the tiny checkpoint the engine creates."""
+TINY_CHAT_SHAPE: dict[str, Any] = {"hidden_size": 96, "intermediate_size": 256, "num_hidden_layers": 3,
+                                   "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 24,
+                                   "max_position_embeddings": 512}
+"""``builtin://tiny-chat`` is a llama of this shape, trained at creation (engine.tiny_chat)."""
 
 
 def tiny_config(architecture: str, vocab_size: int = TINY_VOCAB_SIZE, bos_id: int = TINY_BOS_ID,
@@ -56,4 +60,4 @@ def builtin_config(name: str) -> dict[str, Any]:
     arch = BUILTIN_MODELS.get(name)
     if arch is None:
         raise ValueError(f"unknown built-in model {name!r}; known: {', '.join(sorted(BUILTIN_MODELS))}")
-    return tiny_config(arch)
+    return {**tiny_config(arch), **(TINY_CHAT_SHAPE if name == "tiny-chat" else {})}
