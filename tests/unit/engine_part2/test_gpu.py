@@ -190,3 +190,17 @@ def test_decode_kernel_over_an_fp8_cache_on_cuda_equals_reference() -> None:
     out = decode_attention(q, k, v, lengths, 128**-0.5)
     ref = decode_attention_reference(q, k, v, lengths, 128**-0.5)
     assert out.dtype == torch.bfloat16 and (out.float() - ref.float()).abs().max().item() < 2e-2
+
+
+def test_paged_engine_with_compiled_graphs_on_cuda_equals_the_static_engine(tmp_path: Path) -> None:
+    path = make_tiny_checkpoint(tmp_path / "m", "llama")
+    options = {"model_dir": str(path), "device": "cuda", "max_batch_size": 4, "max_input_tokens": 40,
+               "max_new_tokens_limit": 12, "precision": "fp32", "compile": True}
+    static = build_engine(EngineOptions(**options))  # type: ignore[arg-type]
+    paged = build_engine(EngineOptions(**options, kv_page_tokens=8))  # type: ignore[arg-type]
+    assert paged.decoder.graph_failures == [] and len(paged.decoder.capture_seconds) == 3
+    prompts = ["the quick brown fox", "a cat", "numbers such as one two three four"]
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+    want = [r.token_ids for r in static.generate(prompts, params)]
+    assert [r.token_ids for r in paged.generate(prompts, params)] == want
+    assert paged.paged is not None and paged.paged.tables.free_blocks == paged.paged.tables.num_blocks
