@@ -454,6 +454,10 @@ def register(registry: kopf.OperatorRegistry, options: OperatorOptions, gateway_
         status = pool_status(plain(body), flatten(kwargs.get("ds_nodes")), flatten(kwargs.get("ds_gpu_pods")),
                              pools, _now())
         if status != (body.get("status") or {}):
-            state.kube.patch_status(f"{GROUP}/{VERSION}", "GPUNodePool", body["metadata"]["name"], None, status)
+            try:
+                state.kube.patch_status(f"{GROUP}/{VERSION}", "GPUNodePool", body["metadata"]["name"], None, status)
+            except KubeError as e:
+                if e.status != 404:  # 404: the pool was deleted after the timer fired; nothing to report
+                    raise
 
     _without_finalizer(registry, "ds_pool_status")

@@ -26,6 +26,13 @@ def uids(objs: dict[tuple[str, str], dict[str, Any]]) -> dict[tuple[str, str], s
     return {k: o["metadata"]["uid"] for k, o in objs.items()}
 
 
+def must_get(kube: Kube, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+    """The object; fails the test naming it when it does not exist."""
+    obj = kube.get(api_version, kind, name, namespace)
+    assert obj is not None, f"{kind} {namespace}/{name} does not exist"
+    return obj
+
+
 def ready(kube: Kube, namespace: str, name: str, generation: int = 1, timeout: float = 120) -> dict[str, Any]:
     """Wait until the model is Ready at ``generation``; returns it."""
     def check() -> dict[str, Any] | None:

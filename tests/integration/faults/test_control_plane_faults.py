@@ -13,7 +13,7 @@ import urllib.request
 from typing import Any
 
 import pytest
-from fault_checks import assert_one_owned_set_per_model, children, ready, uids
+from fault_checks import assert_one_owned_set_per_model, children, must_get, ready, uids
 from model_cases import make_model
 from ops_helpers import IM, wait_for
 
@@ -71,7 +71,7 @@ def test_watch_expired_410_gone_relists_and_converges(
     os.kill(op.proc.pid, signal.SIGSTOP)  # a long pause / partition: no watch event reaches it
     try:
         kube.create(make_model("w2", namespace).obj())  # it never sees this ADDED event
-        w1 = kube.get(IM, "InferenceModel", "w1", namespace)
+        w1 = must_get(kube, IM, "InferenceModel", "w1", namespace)
         w1["spec"]["scaling"] = {"minReplicas": 2, "maxReplicas": 2}
         kube.request("PUT", f"{path}/w1", body=w1)  # nor this MODIFIED one
         faults.etcd_compact()  # history before now is gone from etcd...
@@ -84,6 +84,6 @@ def test_watch_expired_410_gone_relists_and_converges(
         os.kill(op.proc.pid, signal.SIGCONT)
     ready(kube, namespace, "w2")
     ready(kube, namespace, "w1", generation=2)
-    assert kube.get("apps/v1", "Deployment", "w1-main", namespace)["spec"]["replicas"] == 2
+    assert must_get(kube, "apps/v1", "Deployment", "w1-main", namespace)["spec"]["replicas"] == 2
     assert_one_owned_set_per_model(kube, namespace, ["w1", "w2"])
     assert op.proc.poll() is None

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fault_checks import ready
+from fault_checks import must_get, ready
 from model_cases import make_model
 from ops_helpers import IM, condition, wait_for
 
@@ -42,7 +42,7 @@ def _pool_of_nodes(kube: Kube, pods: list[dict[str, Any]]) -> set[str]:
     """The provisioner pool label of the nodes ``pods`` run on."""
     out = set()
     for pod in pods:
-        labels = kube.get("v1", "Node", pod["spec"]["nodeName"])["metadata"]["labels"]
+        labels = must_get(kube, "v1", "Node", pod["spec"]["nodeName"])["metadata"]["labels"]
         out.add(labels.get("cloud.google.com/gke-nodepool") or labels.get("karpenter.sh/nodepool", "?"))
     return out
 
@@ -83,7 +83,7 @@ def test_pool_price_change_does_not_churn_running_replicas(
     start_operator()
     kube.create(_model("steady", namespace, pools))
     ready(kube, namespace, "steady")
-    deployment = kube.get("apps/v1", "Deployment", "steady-main", namespace)
+    deployment = must_get(kube, "apps/v1", "Deployment", "steady-main", namespace)
     replica_sets = sorted(r["metadata"]["uid"] for r in kube.list("apps/v1", "ReplicaSet", namespace))
     pods = sorted(p["metadata"]["uid"] for p in _pods(kube, namespace, "steady"))
     kube.request("PATCH", f"/apis/{POOL_API}/gpunodepools/{pools['a100']}", body={"spec": {"pricePerGpuHour": 1000}},
@@ -93,11 +93,10 @@ def test_pool_price_change_does_not_churn_running_replicas(
     fresh = ready(kube, namespace, "fresh")
     assert fresh["status"]["placement"]["pool"] == pools["h100"]
     time.sleep(11)  # ...and the running model has had a periodic resync (10 s) since
-    steady = kube.get(IM, "InferenceModel", "steady", namespace)
+    steady = must_get(kube, IM, "InferenceModel", "steady", namespace)
     assert steady["status"]["placement"]["pool"] == pools["a100"]
-    assert kube.get("apps/v1", "Deployment", "steady-main", namespace)["metadata"]["uid"] == deployment["metadata"]["uid"]
-    assert kube.get("apps/v1", "Deployment", "steady-main", namespace)["metadata"]["generation"] == \
-        deployment["metadata"]["generation"]
+    now = must_get(kube, "apps/v1", "Deployment", "steady-main", namespace)["metadata"]
+    assert (now["uid"], now["generation"]) == (deployment["metadata"]["uid"], deployment["metadata"]["generation"])
     now_rs = sorted(r["metadata"]["uid"] for r in kube.list("apps/v1", "ReplicaSet", namespace)
                     if r["metadata"]["labels"].get("deepserve.io/model") == "steady")
     assert now_rs == replica_sets
