@@ -32,9 +32,11 @@ from deepserve.operator.dev.stack import REPO_ROOT, Stack, StackError, helm_inst
 from deepserve.operator.kube import Kube
 
 NAMESPACE = "demo"
-MODEL = "tiny-llama"
+MODEL = "tiny-chat"  # builtin://tiny-chat: trained at first start (~30 s), then cached
 TENANT = "acme"
-PROMPTS = ["The operator places every model", "Billing counts each token", "Sparse attention reads"]
+PROMPTS = ["A model server answers", "Metering counts prompt tokens", "Sparse attention reads"]
+MANIFEST = {"apiVersion": "deepserve.io/v1alpha1", "kind": "InferenceModel", "metadata": {"name": MODEL},
+            "spec": {"source": {"uri": f"builtin://{MODEL}"}, "aliases": ["chat"]}}
 
 
 def say(msg: str) -> None:
@@ -87,10 +89,10 @@ def up() -> int:
     door.start_gateway()
     pids_file(cluster).write_text(json.dumps(
         {p.name: p.proc.pid for p in (stack.operator, stack.billing, stack.runner, door.gateway) if p}))
-    say("applying GPU node pool prices and the sample model (examples/01-tiny-model.yaml)")
+    say(f"applying GPU node pool prices and the model {MODEL} (builtin://{MODEL}, alias 'chat')")
     kubectl(cluster, "apply", "-f", str(REPO_ROOT / "examples" / "05-gpu-node-pool.yaml"))
     run_tool("kubectl", "create", "namespace", NAMESPACE, kubeconfig=kc, check=False)
-    kubectl(cluster, "apply", "-n", NAMESPACE, "-f", str(REPO_ROOT / "examples" / "01-tiny-model.yaml"))
+    run_tool("kubectl", "apply", "-n", NAMESPACE, "-f", "-", kubeconfig=kc, input=json.dumps(MANIFEST))
     say("waiting for the current rollout to be Ready (the runner starts a real Triton per engine pod)")
     kube = Kube.from_kubeconfig(kc)
 
@@ -123,9 +125,10 @@ def _generate(ip: str, prompt: str, max_tokens: int, request_id: str) -> dict[st
 
 def _finish(cluster: LocalCluster, stack: Stack, status: dict[str, Any], ip: str) -> int:
     say(f"sending {len(PROMPTS)} prompts to the engine pod at {ip}:8000 "
-        "(builtin://tiny-llama has random weights: the text is noise, the flow is real)")
+        f"(builtin://{MODEL} is trained on deepserve/engine/tiny_corpus.txt: it answers in its sentences)")
     for i, prompt in enumerate(PROMPTS):
-        out = _generate(ip, prompt, 16, f"demo-{int(time.time())}-{i}")
+        # KServe v2 /generate takes raw text: give it the chat template's rendering of the turn.
+        out = _generate(ip, f"user: {prompt}\nassistant:", 24, f"demo-{int(time.time())}-{i}")
         print(f"    {prompt!r} -> {out['text_output']!r} "
               f"({out['prompt_tokens']} prompt + {out['generated_tokens']} generated tokens)")
     print(kubectl(cluster, "get", "inferencemodels", "-A"))
@@ -164,14 +167,14 @@ def front_door(kube: Kube, door: FrontDoor, stack: Stack) -> None:
     door.set_prices(stack.ledger)
     month = datetime.now(UTC).strftime("%Y-%m")
     before, currency = door.spend(TENANT, month)
-    model = f"{NAMESPACE}/{MODEL}"
+    model = "chat"  # the model's alias (also callable as f"{NAMESPACE}/{MODEL}")
     say(f"calling {model} through the gateway at {door.url} with the openai client")
     calls: list[CallResult] = []
     for i, prompt in enumerate(PROMPTS):
         stream = i % 2 == 1
         print(f"    [{'stream' if stream else 'whole '}] {prompt!r} -> ", end="", flush=True)
         echo = (lambda t: print(repr(t)[1:-1], end="", flush=True)) if stream else (lambda _t: None)
-        result = call_through_gateway(door.url, key, model, prompt, stream=stream, echo=echo)
+        result = call_through_gateway(door.url, key, model, prompt, stream=stream, echo=echo, chat=True)
         if not stream:
             print(repr(result.text), end="")
         print(f"  ({result.prompt_tokens} prompt + {result.completion_tokens} generated tokens)")

@@ -205,31 +205,34 @@ class CallResult:
     completion_tokens: int
 
 
-def call_through_gateway(url: str, key: str, model: str, prompt: str, *, stream: bool,
-                         max_tokens: int = 16, echo: Callable[[str], None] = lambda _t: None) -> CallResult:
-    """One completion through the gateway with the real ``openai`` client.
-
-    Text completions, not chat: ``builtin://tiny-llama`` ships no chat template (the pod
-    answers chat requests for it with 400).
-    """
+def call_through_gateway(url: str, key: str, model: str, prompt: str, *, stream: bool, chat: bool = False,
+                         max_tokens: int = 32, echo: Callable[[str], None] = lambda _t: None) -> CallResult:
+    """One chat (``chat``) or text completion through the gateway with the real ``openai`` client."""
     import openai
 
     client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=2, timeout=120)
+    messages: Any = [{"role": "user", "content": prompt}]
+    common: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": 0, "seed": 7}
     if not stream:
-        answer = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
-                                           temperature=0, seed=7)
-        usage = answer.usage
-        if usage is None:
+        if chat:
+            answer: Any = client.chat.completions.create(messages=messages, **common)
+            text = answer.choices[0].message.content or ""
+        else:
+            answer = client.completions.create(prompt=prompt, **common)
+            text = answer.choices[0].text
+        if answer.usage is None:
             raise StackError("the gateway's answer carried no usage")
-        return CallResult(answer.choices[0].text, usage.prompt_tokens, usage.completion_tokens)
+        return CallResult(text, answer.usage.prompt_tokens, answer.usage.completion_tokens)
+    extra: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
+    chunks: Any = (client.chat.completions.create(messages=messages, **common, **extra) if chat
+                   else client.completions.create(prompt=prompt, **common, **extra))
     parts: list[str] = []
     prompt_tokens = completion_tokens = -1
-    for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
-                                           temperature=0, seed=7, stream=True,
-                                           stream_options={"include_usage": True}):
-        if chunk.choices and chunk.choices[0].text:
-            parts.append(chunk.choices[0].text)
-            echo(chunk.choices[0].text)
+    for chunk in chunks:
+        piece = (chunk.choices[0].delta.content if chat else chunk.choices[0].text) if chunk.choices else None
+        if piece:
+            parts.append(piece)
+            echo(piece)
         if chunk.usage is not None:
             prompt_tokens, completion_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
     if prompt_tokens < 0:
