@@ -59,6 +59,8 @@ def _version_state(inp: StatusInputs, name: str) -> tuple[dict[str, Any], str | 
     if d is not None and d.deadline_exceeded:
         trouble = trouble or f"ProgressDeadlineExceeded: {d.message}"
     ready = d.ready if d else 0
+    if pods:  # the pods' own Ready is fresher than the Deployment's count (the ReplicaSet lags)
+        ready = min(ready, sum(1 for p in pods if p.ready))
     updated = d.updated if d else 0
     if trouble:
         state = "Failed"

@@ -89,6 +89,11 @@ def test_crash_looping_pod_is_degraded_and_not_ready_with_the_kubelets_reason_an
     assert UNKNOWN_BUILTIN in message  # the engine's own words, so the user knows what to fix
 
 
+def test_a_pod_that_stopped_being_ready_counts_before_the_deployment_notices() -> None:
+    st = status(deployments={"main": dep(1)}, pods=(pod_state(crashing_pod()),))  # Deployment still says 1
+    assert cond(st, "Ready") == ("False", "CrashLoopBackOff") and st["readyReplicas"] == 0
+
+
 def test_pod_between_two_crashes_is_still_failing() -> None:
     """Running again after a non-zero exit, not ready yet: the kubelet shows no waiting reason."""
     pod = pod_state(crashing_pod(state={"running": {"startedAt": "T"}},
