@@ -88,6 +88,7 @@ def serve_gateway(port_file: str, pod_url: str) -> None:
     """The real gateway with one key and high limits, in front of ``pod_url``."""
     import hmac
 
+    from deepserve.operator.gateway import eventloop
     from deepserve.operator.gateway.server import Gateway, ModelRoute
     from deepserve.operator.tenancy import ModelSelector, Principal, TenantPlan
 
@@ -111,7 +112,7 @@ def serve_gateway(port_file: str, pod_url: str) -> None:
         _write_port(port_file, port)
         await asyncio.Event().wait()
 
-    asyncio.run(main())
+    eventloop.run(main())  # as `deepserve gateway run` does (uvloop when installed)
 
 
 async def _serve_forever(app: web.Application, port_file: str) -> None:

@@ -113,7 +113,9 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, ssl.SSLError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(args, (host, port), admin, tls, routes, token, redis_url))
+    from deepserve.operator.gateway.eventloop import run  # uvloop when installed
+
+    return run(_serve(args, (host, port), admin, tls, routes, token, redis_url))
 
 
 async def _serve(args: argparse.Namespace, listen: tuple[str, int], admin: tuple[str, int] | None,

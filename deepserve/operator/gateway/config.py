@@ -20,6 +20,7 @@ class GatewayConfig:
     # longer than a load balancer's idle timeout (60 s on common ones), so the LB closes first
     upstream_connect_s: float = 5.0
     upstream_read_s: float = 300.0  # longest silence between two upstream chunks
+    upstream_keepalive_s: float = 30.0  # idle pooled upstream connections closed after this
     default_max_tokens: int = 256  # token estimate for a request without max_tokens
     pod_load_every_s: float = 1.0  # scrape the pods' queue and KV-cache gauges (0: never)
     hold: HoldConfig = field(default_factory=HoldConfig)

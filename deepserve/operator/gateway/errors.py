@@ -37,6 +37,8 @@ async def maybe_await(value: Any) -> Any:
 
 async def read_within(request: web.Request, limit: int) -> bytes | None:
     """The body, or None as soon as it passes ``limit`` bytes."""
+    if request.content_length is not None and request.content_length <= limit:
+        return await request.content.read()  # the parser stops at Content-Length: one call
     chunks, size = [], 0
     while chunk := await request.content.read(65536):
         size += len(chunk)

@@ -12,6 +12,8 @@ works as it did against the activator.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -69,6 +71,27 @@ class GatewayMetrics:
             buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
         )
         self._held_counts: dict[tuple[str, str, str], int] = {}
+        # label children cached per label values: ``labels()`` takes a lock and builds a key
+        # on every call; the values are bounded (routes the gateway knows, statuses, reasons)
+        self._answered: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._refused: dict[str, Any] = {}
+
+    def answered(self, model: str, status: int, seconds: float | None = None) -> None:
+        """Count one answered request (and, when given, its latency) for ``model``."""
+        children = self._answered.get((model, status))
+        if children is None:
+            children = (self.requests.labels(model, str(status)), self.latency.labels(model))
+            self._answered[(model, status)] = children
+        children[0].inc()
+        if seconds is not None:
+            children[1].observe(seconds)
+
+    def refused(self, reason: str) -> None:
+        """Count one refusal by the gateway itself."""
+        child = self._refused.get(reason)
+        if child is None:
+            child = self._refused[reason] = self.refusals.labels(reason)
+        child.inc()
 
     def render(self) -> bytes:
         """The text exposition of every metric."""

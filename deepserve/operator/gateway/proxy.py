@@ -33,6 +33,16 @@ class Outcome:
     caller_left: bool = False
 
 
+class _Usage(msgspec.Struct):
+    total_tokens: int | None = None
+
+
+class _WithUsage(msgspec.Struct):
+    """Only the ``usage`` of a response body: msgspec skips every other field unbuilt."""
+
+    usage: _Usage | None = None
+
+
 def _total_tokens(usage: object) -> int | None:
     if isinstance(usage, dict):
         total = usage.get("total_tokens")
@@ -49,8 +59,9 @@ async def relay_whole(
     tokens = None
     if upstream.status == 200:
         try:
-            tokens = _total_tokens(msgspec.json.decode(payload).get("usage"))
-        except (msgspec.DecodeError, AttributeError):
+            usage = msgspec.json.decode(payload, type=_WithUsage).usage
+            tokens = usage.total_tokens if usage is not None else None
+        except msgspec.DecodeError:  # also ValidationError: not an object, usage of another shape
             tokens = None
     response = web.Response(
         status=upstream.status,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -65,7 +65,7 @@ class Gateway:
         routes: list[ModelRoute],
         spend: SpendSource | None = None,
         limiter: TenantLimiter | RedisLimiter | None = None,
-        new_request_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        new_request_id: Callable[[], str] = lambda: os.urandom(16).hex(),  # 128 random bits
         *,
         config: GatewayConfig | None = None,
         scale_up: ScaleUp | None = None,
@@ -172,8 +172,13 @@ class Gateway:
         timeout = aiohttp.ClientTimeout(
             sock_connect=self.config.upstream_connect_s, sock_read=self.config.upstream_read_s
         )
+        # One pooled session for every upstream: keep-alive connections reused across
+        # requests (idle ones closed after upstream_keepalive_s), no connection cap (the
+        # tenants' concurrency limits bound what is in flight), no cookies kept between tenants.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=self.config.upstream_keepalive_s)
         self._session = aiohttp.ClientSession(
-            timeout=timeout, connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
+            timeout=timeout, connector=connector, auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         if self.config.pod_load_every_s > 0:
             self._scraper = PodLoadScraper(self.router, self.config.pod_load_every_s)
@@ -230,7 +235,7 @@ class Gateway:
         try:
             principal = self.principal(request)
         except Refused as refused:
-            self.metrics.refusals.labels(refused.reason).inc()
+            self.metrics.refused(refused.reason)
             return error_response(refused.error)
         data = [
             {"id": r.full_name, "object": "model", "created": 0, "owned_by": r.namespace}
@@ -252,7 +257,8 @@ class Gateway:
         if (request.content_length or 0) > limit:
             raise too_large
         try:
-            body = await asyncio.wait_for(read_within(request, limit), self.config.body_timeout_s)
+            async with asyncio.timeout(self.config.body_timeout_s):  # no extra task, unlike wait_for
+                body = await read_within(request, limit)
         except TimeoutError as exc:
             error = OpenAIError(408, f"request body not received within {self.config.body_timeout_s:g}s",
                                 code="request_timeout")
@@ -284,8 +290,8 @@ class Gateway:
                                        self.config.default_max_tokens)
             ticket = await self.admit(principal, estimate)
         except Refused as refused:
-            self.metrics.refusals.labels(refused.reason).inc()
-            self.metrics.requests.labels(model_label, str(refused.error.status)).inc()
+            self.metrics.refused(refused.reason)
+            self.metrics.answered(model_label, refused.error.status)
             return error_response(refused.error, refused.headers)
         try:
             forward: dict[str, Any] = msgspec.json.decode(body)
@@ -308,8 +314,7 @@ class Gateway:
             raise
         finally:
             await self.release(ticket)
-            self.metrics.requests.labels(model_label, str(status)).inc()
-            self.metrics.latency.labels(model_label).observe(time.monotonic() - started)
+            self.metrics.answered(model_label, status, time.monotonic() - started)
 
     def choose_version(self, route: ModelRoute, request: web.Request) -> str:
         """The version for this request (pin, session, weights); 404 for an unknown pin."""
@@ -367,7 +372,7 @@ class Gateway:
         try:
             return await dispatch(self.router, self.holder, route, version, hashes, started, send)
         except Refused as refused:
-            self.metrics.refusals.labels(refused.reason).inc()
+            self.metrics.refused(refused.reason)
             return error_response(refused.error, {**back, **(refused.headers or {})}), Outcome(refused.error.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("upstream %s for %s failed: %s", route.full_name, request_id, exc)
