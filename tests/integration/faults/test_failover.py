@@ -46,3 +46,17 @@ def test_sigkilled_leader_is_replaced_within_15s(kube: Kube, namespace: str, sta
     assert f"_{standby.proc.pid}_" in _holder(kube, namespace)
     ready(kube, namespace, "after")
     assert_one_owned_set_per_model(kube, namespace, ["before", "after"])  # nothing re-created on takeover
+
+    # a clean stop (SIGTERM, a rolling update) releases the Lease: the next standby needs no expiry
+    third = start_operator(*flags)
+    wait_for(lambda: "waiting to lead" in third.log(), "a new standby", 30, every=0.2)
+    standby.stop()
+    stopped_at = time.monotonic()
+    assert "released by" in standby.log()
+    kube.create(make_model("handover", namespace).obj())
+    wait_for(lambda: kube.get("apps/v1", "Deployment", "handover-main", namespace), "the next replica", 30,
+             every=0.1)
+    handover_s = time.monotonic() - stopped_at
+    print(f"handover after a clean stop: {handover_s:.2f}s")
+    # without the release the Lease would stay the old holder's >= duration - renew (7 s) after it exited
+    assert handover_s < 6.0 and f"_{third.proc.pid}_" in _holder(kube, namespace)
