@@ -1,4 +1,4 @@
-"""The API server crashes mid-reconcile, and a watch expires (410 Gone) while the operator is
+"""The API server, etcd, or both crash mid-reconcile, and a watch expires (410 Gone) while the operator is
 away: the real operator converges every model, creating no child twice and orphaning none."""
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from deepserve.operator.kube import Kube
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_apiserver_crash_mid_reconcile_converges_without_duplicates(
-        kube: Kube, namespace: str, start_operator: Any, faults: Any) -> None:
+@pytest.mark.parametrize("crashed", [("kube-apiserver",), ("etcd",), ("etcd", "kube-apiserver")],
+                         ids=["apiserver", "etcd", "etcd-and-apiserver"])
+def test_control_plane_crash_mid_reconcile_converges_without_duplicates(
+        kube: Kube, namespace: str, start_operator: Any, faults: Any, crashed: tuple[str, ...]) -> None:
     op = start_operator()
     names = [f"a{i}" for i in range(8)]
     for n in names:
@@ -31,9 +33,13 @@ def test_apiserver_crash_mid_reconcile_converges_without_duplicates(
     # crash while the operator is part-way: some models have children, others not yet
     wait_for(lambda: kube.list("apps/v1", "Deployment", namespace), "the first Deployment", 60, every=0.05)
     before = uids(children(kube, namespace))
-    faults.kill("kube-apiserver")
-    time.sleep(3)  # the operator's watches and writes fail meanwhile
-    faults.start("kube-apiserver")
+    for component in crashed:
+        faults.kill(component)
+    time.sleep(3)  # the operator's watches and writes fail (or hang, with etcd away) meanwhile
+    for component in crashed:  # etcd first
+        faults.start(component)
+    if crashed == ("etcd",):
+        wait_for(faults.local.healthy, "the API server healthy with etcd back", 60)
     for n in names:
         ready(kube, namespace, n)
     assert op.proc.poll() is None, "the operator exited instead of reconnecting"
