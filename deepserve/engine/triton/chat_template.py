@@ -71,7 +71,9 @@ class ChatTemplate:
             template = named.get("default")
         if not isinstance(template, str) or not template:
             return None
-        return cls(template, _token_text(config.get("bos_token")), _token_text(config.get("eos_token")))
+        chat = cls(template, _token_text(config.get("bos_token")), _token_text(config.get("eos_token")))
+        _compiled(template)  # compile at model load: a broken template fails loudly, once
+        return chat
 
     def render(self, messages: list[dict[str, str]]) -> str:
         """The prompt text for ``messages`` ending with the assistant's turn."""
