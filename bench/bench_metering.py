@@ -247,8 +247,13 @@ def bench_export(n: int, tmp: Path) -> None:
               f"{time.perf_counter() - t:6.2f} s, {records:,} rows")
 
 
-def wire_bodies(n: int, offset: int, batch: int = 1000) -> list[bytes]:
-    """JSON wire batches of make_events' events, built without UsageEvent objects."""
+def wire_bodies(n: int, offset: int, batch: int = 1000, arrival: str = "ordered") -> list[bytes]:
+    """JSON wire batches of make_events' events, built without UsageEvent objects.
+
+    ``arrival="ordered"``: event i starts at T0 + 2 ms x i (a ledger that grows with time,
+    as a live one does) and every 100th arrives late, up to an hour after it ended;
+    ``"spread"``: start times scattered over one day (make_events' worst case for an index
+    ordered by time)."""
     import msgspec
 
     from deepserve.engine.usage import format_time, make_event_id
@@ -256,7 +261,11 @@ def wire_bodies(n: int, offset: int, batch: int = 1000) -> list[bytes]:
     for b in range(offset, offset + n, batch):
         events = []
         for i in range(b, min(b + batch, offset + n)):
-            start = T0 + timedelta(seconds=(i * 7919) % 86_400, microseconds=i % 1_000_000)
+            if arrival == "spread":
+                start = T0 + timedelta(seconds=(i * 7919) % 86_400, microseconds=i % 1_000_000)
+            else:
+                late_s = (i * 7919) % 3600 if i % 100 == 0 else 0
+                start = T0 + timedelta(microseconds=2000 * i) - timedelta(seconds=late_s)
             ns, model, ver, rid = f"team-{i % 5}", f"model-{i % 12}", f"v{i % 2}", f"req-{i}"
             events.append({
                 "event_id": make_event_id(ns, model, ver, rid), "model": model, "version": ver,
@@ -304,14 +313,15 @@ print(n, dt, hwm / 1024)
 
 
 def bench_scale(ledger_events: int, n: int, runs: int, tmp: Path, ingest: bool = True,
-                export_runs: int | None = None) -> None:
+                export_runs: int | None = None, arrival: str = "ordered") -> None:
     print(f"== ingest at scale: JSON wire batches of 1,000, synchronous=FULL, {runs} runs of "
-          f"{n:,} events on a ledger of {ledger_events:,} ==")
+          f"{n:,} events on a ledger of {ledger_events:,}, arrival {arrival} ==")
     path = tmp / "scale.db"
     t = time.perf_counter()
     with UsageLedger(path, synchronous="NORMAL") as ledger:
         for offset in range(0, ledger_events, 100_000):
-            for body in wire_bodies(min(100_000, ledger_events - offset), offset, 5000):
+            for body in wire_bodies(min(100_000, ledger_events - offset), offset, 5000,
+                                    arrival):
                 ledger.ingest_json(body)
         assert ledger.event_count() == ledger_events
     print(f"   (filling took {time.perf_counter() - t:.0f} s; ledger file "
@@ -320,10 +330,10 @@ def bench_scale(ledger_events: int, n: int, runs: int, tmp: Path, ingest: bool =
     scaled_cpu: list[float] = []
     scaled_wall: list[float] = []
     for run in range(runs if ingest else 0):
-        bodies = wire_bodies(n, 10_000_000 * (run + 1))
+        bodies = wire_bodies(n, 10_000_000 * (run + 1), arrival=arrival)
         with UsageLedger(tmp / f"empty-{run}.db") as ledger:
             empty_cpu.append(_ingest_rate(ledger, bodies)[0])
-        bodies = wire_bodies(n, 20_000_000 * (run + 1))
+        bodies = wire_bodies(n, 20_000_000 * (run + 1), arrival=arrival)
         with UsageLedger(path) as ledger:
             cpu_rate, wall_rate = _ingest_rate(ledger, bodies)
             scaled_cpu.append(cpu_rate)
@@ -365,6 +375,8 @@ def main() -> None:
                         help="comma-separated: ingest, scrape, export, scale, scale-export")
     parser.add_argument("--ledger-events", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--arrival", choices=("ordered", "spread"), default="ordered",
+                        help="scale: event end times growing with the ledger, or over one day")
     parser.add_argument("--export-runs", type=int, help="runs of each export (default --runs)")
     parser.add_argument("--serve-pods", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -382,7 +394,8 @@ def main() -> None:
             bench_export(args.export_events, Path(d))
         if "scale" in only or "scale-export" in only:
             bench_scale(args.ledger_events, args.events, args.runs, Path(d),
-                        ingest="scale" in only, export_runs=args.export_runs)
+                        ingest="scale" in only, export_runs=args.export_runs,
+                        arrival=args.arrival)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from deepserve.operator.metering.base import (
     HOUR_US,
     LedgerError,
     check_window,
-    chunks,
     from_us,
     parse_bound,
     to_us,
@@ -43,6 +42,7 @@ from deepserve.operator.metering.ledger_resources import GpuRow, ResourceAccount
 from deepserve.operator.metering.pricing import PriceSheet
 from deepserve.operator.metering.quarantine import QuarantineStore
 from deepserve.operator.metering.schema import migrate
+from deepserve.operator.metering.stored_ids import StoredIds
 from deepserve.operator.metering.trust import IngestTrust
 from deepserve.operator.metering.wire import Row, decode_batch, id_bytes, stored_real
 
@@ -149,6 +149,7 @@ class UsageLedger(ResourceAccounting, QuarantineStore):
         # (≈ +25 % events/CPU-s at 1M events). Durability is the same: commits fsync the WAL.
         self._conn.execute("PRAGMA wal_autocheckpoint=10000")
         self._listeners: list[Any] = []
+        self._ids = StoredIds()
         with self._lock:
             self.schema_version = migrate(self._conn)
 
@@ -269,31 +270,31 @@ class UsageLedger(ResourceAccounting, QuarantineStore):
                                       index=i, event_id=row[0])
 
         def work(conn: sqlite3.Connection) -> tuple[IngestResult, list[Row]]:
-            # Fast path: duplicates are rare (retries), so insert the ids first and only
-            # look them up when the number of rows inserted shows some were already stored.
-            # Then the transaction starts over (no SAVEPOINT: it would copy every page the
-            # id index touches to a statement journal, ≈ 4 µs an event).
+            # Repeats inside the batch first, then ids stored before (stored_ids.py).
             fresh, fresh_keys, duplicates = _dedupe(rows, keys, set())
-            before = conn.total_changes
-            conn.executemany("INSERT OR IGNORE INTO event_ids VALUES (?)",
-                             [(k,) for k in fresh_keys])
-            if conn.total_changes - before != len(fresh_keys):
-                conn.execute("ROLLBACK")
-                conn.execute("BEGIN IMMEDIATE")
-                existing: set[bytes] = set()
-                for chunk in chunks(fresh_keys, 900):
-                    marks = ",".join("?" * len(chunk))
-                    existing.update(r[0] for r in conn.execute(
-                        f"SELECT event_id FROM event_ids WHERE event_id IN ({marks})", chunk))
-                fresh, fresh_keys, more = _dedupe(fresh, fresh_keys, existing)
+            stored = self._ids.stored(conn, fresh_keys)
+            if stored:
+                fresh, fresh_keys, more = _dedupe(fresh, fresh_keys, stored)
                 duplicates += more
-                conn.executemany("INSERT INTO event_ids VALUES (?)", [(k,) for k in fresh_keys])
+            self._ids.add(conn, fresh_keys)
             conn.executemany(_CHUNK_INSERT, chunk_rows(fresh, ingested_us))
             conn.executemany(USAGE_UPSERT, hourly_rows(fresh))
-            held_ids, held_dups = self._hold(conn, held, ingested_us) if held else ([], [])
+            held_ids: list[str] = []
+            held_dups: list[str] = []
+            if held:  # billed before, or in this batch
+                held_keys = [k for _, k, _ in held]
+                billed = self._ids.stored(conn, held_keys) | set(fresh_keys).intersection(
+                    held_keys)
+                held_ids, held_dups = self._hold(conn, held, ingested_us, billed)
             return IngestResult([r[0] for r in fresh], duplicates + held_dups, held_ids), fresh
 
-        result, fresh = self._write(work)
+        with self._lock:  # the id set learns the ids before another batch is checked
+            try:
+                result, fresh = self._write(work)
+            except BaseException:
+                self._ids.rolled_back()
+                raise
+            self._ids.committed()
         if self._listeners and fresh:
             if events is None:
                 seen: list[Any] = [StoredEvent._make(r) for r in fresh]

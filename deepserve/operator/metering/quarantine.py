@@ -62,15 +62,9 @@ class QuarantineStore:
     # -- quarantine ---------------------------------------------------------------
     @staticmethod
     def _hold(conn: sqlite3.Connection, held: Sequence[tuple[Row, bytes, str]],
-              received_us: int) -> tuple[list[str], list[str]]:
+              received_us: int, billed: set[bytes]) -> tuple[list[str], list[str]]:
         """Inside an ingest transaction: store held rows; return (quarantined ids,
-        ids already billed, which are duplicates)."""
-        billed: set[bytes] = set()
-        keys = [k for _, k, _ in held]
-        for chunk in chunks(keys, 900):
-            marks = ",".join("?" * len(chunk))
-            billed.update(r[0] for r in conn.execute(
-                f"SELECT event_id FROM event_ids WHERE event_id IN ({marks})", chunk))
+        ids already billed (``billed``: their keys), which are duplicates)."""
         quarantined, duplicates = [], []
         for row, key, reason in held:
             if key in billed:

@@ -172,6 +172,8 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
         event BLOB NOT NULL
     ) WITHOUT ROWID
     """,
+    # 5: ids of recent events, appended, merged into event_ids in bulk (stored_ids.py)
+    "CREATE TABLE recent_ids (seq INTEGER PRIMARY KEY, event_id BLOB NOT NULL)",
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

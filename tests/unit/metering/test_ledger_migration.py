@@ -54,7 +54,7 @@ def test_schema_1_ledger_migrates_in_place_and_exports_identical_bytes(tmp_path:
     golden = _golden()
     assert len(golden) == 7
     with UsageLedger(path) as ledger:
-        assert ledger.schema_version == SCHEMA_VERSION == 4
+        assert ledger.schema_version == SCHEMA_VERSION == 5
         assert ledger.event_count() == len(fixture_events())
         assert exports(ledger) == golden
         again = ledger.ingest(fixture_events()[:50])  # still idempotent after the move
