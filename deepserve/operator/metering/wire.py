@@ -57,6 +57,8 @@ _WireEvent: Any = msgspec.defstruct(
     forbid_unknown_fields=True, gc=False)
 _WireBatch: Any = msgspec.defstruct("_WireBatch", [("events", list[_WireEvent])], gc=False)
 _DECODER = msgspec.json.Decoder(_WireBatch)
+#: Tenants ``tenant_ok`` accepted (a few per ledger; bounded), so the check is a set lookup.
+_KNOWN_TENANTS: set[str] = set()
 
 __all__ = ["Row", "decode_batch", "event_key", "id_bytes", "stored_real"]
 
@@ -94,7 +96,8 @@ def decode_batch(body: bytes) -> tuple[list[Row], list[bytes]] | None:
         return None
     rows: list[Row] = []
     keys: list[bytes] = []
-    names, precisions, statuses = KNOWN_NAMES, KNOWN_PRECISIONS, STATUSES
+    names, precisions, statuses, known_tenants = (KNOWN_NAMES, KNOWN_PRECISIONS, STATUSES,
+                                                  _KNOWN_TENANTS)
     inf, epoch, one_us, from_iso, name_ok = math.inf, EPOCH, _ONE_US, _FROM_ISO, NAME_MATCH
     try:
         for e in batch.events:  # hot: one pass, cheap checks first, no calls where avoidable
@@ -104,8 +107,12 @@ def decode_batch(body: bytes) -> tuple[list[Row], list[bytes]] | None:
                     or names_ok(ns, model, version, account)) or not name_ok(rid):
                 return None
             tenant = e.tenant
-            if tenant is not None and not tenant_ok(tenant):
-                return None
+            if tenant is not None and tenant not in known_tenants:
+                if not tenant_ok(tenant):
+                    return None
+                if len(known_tenants) > 4096:
+                    known_tenants.clear()
+                known_tenants.add(tenant)
             pt, gt = e.prompt_tokens, e.generated_tokens
             if not (0 <= pt <= MAX_TOKENS and 0 <= gt <= MAX_TOKENS):
                 return None
