@@ -137,3 +137,13 @@ def test_holder_learns_it_lost_the_lease() -> None:
 def test_bad_timings_are_refused(timing: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="renew"):
         LeaseConfig("ops", "lead", "", timing["duration_s"], timing["renew_s"], timing.get("retry_s", 1.0))
+
+
+@pytest.mark.parametrize(("lease", "duration", "renew", "flag"), [
+    ("no-slash", 10.0, 3.0, "--leader-elect"), ("/name", 10.0, 3.0, "--leader-elect"),
+    ("ns/name", 3.0, 3.0, "--lease-duration/--lease-renew")])
+def test_bad_flags_exit_naming_the_flag(lease: str, duration: float, renew: float, flag: str) -> None:
+    from deepserve.operator.leases import run_leader_elected
+
+    with pytest.raises(SystemExit, match=flag):
+        run_leader_elected(None, lease, duration, renew, lambda: None)
