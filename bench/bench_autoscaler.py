@@ -8,9 +8,9 @@
    idle -> zero; the decision goal is <= 5 s (Knative's panic window is 6 s).
 2. Real time on 127.0.0.1: fake Triton replicas (aiohttp; KServe v2 /infer with 50 ms
    service time, 4 concurrent executions, Triton's counters on /metrics), the real
-   activator in front, the real MetricsSampler (HTTP scrape + prometheus_client parse)
-   and the pure decision ticking every second. It starts at zero replicas: a burst of
-   requests arrives (held, scale-from-zero), then the load steps up and the time to the
+   gateway in front (its KServe v2 path and hold-and-wake), the real MetricsSampler (HTTP
+   scrape + prometheus_client parse) and the pure decision ticking every second. It starts
+   at zero replicas: a burst of requests arrives (held, scale-from-zero), then the load steps up and the time to the
    decision is measured on the wall clock. Counts requests that failed (goal 0).
 """
 
@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import statistics
 import time
 
 import aiohttp
 from aiohttp import web
 
-from deepserve.operator.activator import Activator, ActivatorConfig, Routes
 from deepserve.operator.autoscaler import (
     Observation,
     ScalerState,
@@ -35,7 +35,12 @@ from deepserve.operator.autoscaler import (
 from deepserve.operator.autoscaler.io import MetricsSampler, PodEndpoint
 from deepserve.operator.autoscaler.signals import requests_finished
 from deepserve.operator.autoscaler.simulate import SimulatedModel, first_change
+from deepserve.operator.gateway.config import GatewayConfig
+from deepserve.operator.gateway.hold import HoldConfig
+from deepserve.operator.gateway.routing import ModelRoute, VersionTarget
+from deepserve.operator.gateway.server import Gateway
 from deepserve.operator.metering.scrape import scrape_many
+from deepserve.operator.tenancy import ModelSelector, Principal, TenantPlan
 
 TARGET = 4.0
 
@@ -109,8 +114,8 @@ class FakeTriton:
 class MiniCluster:
     """Replicas that become Ready ``cold_start_s`` after the scaler asks for them."""
 
-    def __init__(self, routes: Routes, cold_start_s: float) -> None:
-        self.routes, self.cold_start_s = routes, cold_start_s
+    def __init__(self, gateway: Gateway, cold_start_s: float) -> None:
+        self.gateway, self.cold_start_s = gateway, cold_start_s
         self.replicas: list[FakeTriton] = []
         self.desired = 0
         self._starting = 0
@@ -127,7 +132,7 @@ class MiniCluster:
         await replica.start()
         self._starting -= 1
         self.replicas.append(replica)
-        self.routes.set_upstreams("m", "main", [r.url for r in self.replicas])
+        self.gateway.set_routes([model_route([r.url for r in self.replicas])])  # held requests wake
 
     def pods(self) -> list[PodEndpoint]:
         return [PodEndpoint(str(i), f"m-{i}", "main", "", True, "n") for i in range(len(self.replicas))]
@@ -138,20 +143,40 @@ class MiniCluster:
             await r.runner.cleanup()
 
 
+KEY = "ds-benchautosca-benchsecret"
+HELD = ("bench", "m", "main")  # (namespace, model, version) as the gateway holds it
+
+
+class OneKey:
+    """The bench's one API key (no limits in its plan)."""
+
+    def authenticate(self, presented_key: str) -> Principal | None:
+        """The bench tenant for :data:`KEY`, else None."""
+        ok = hmac.compare_digest(presented_key.encode(), KEY.encode())
+        return Principal("bench", "benchautosca", TenantPlan(ModelSelector(allow_all=True))) if ok else None
+
+
+def model_route(urls: list[str]) -> ModelRoute:
+    """Model ``bench/m``, one version ``main`` whose replicas serve KServe v2 at ``urls``."""
+    return ModelRoute("bench", "m", versions=(VersionTarget("main", 100, tuple(urls), tuple(urls)),))
+
+
 async def realtime(cold_start_s: float) -> None:
     """The real-time run described in the module docstring."""
-    routes = Routes(seed=1)
-    routes.set_model("m", {"main": 100})
-    cluster = MiniCluster(routes, cold_start_s)
+    config = GatewayConfig(pod_load_every_s=0, hold=HoldConfig(queue_limit=500, hold_timeout_s=60))
+    clusters: list[MiniCluster] = []
+
+    async def scale_from_zero(namespace: str, model: str, version: str) -> None:  # as /scale would be
+        clusters[0].scale(max(clusters[0].desired, 1))
+
+    gateway = Gateway(OneKey(), [model_route([])], config=config, scale_up=scale_from_zero)
+    cluster = MiniCluster(gateway, cold_start_s)
+    clusters.append(cluster)
     policy = ScalingPolicy(min_replicas=0, max_replicas=8, target=TARGET, scale_to_zero=True, idle_seconds=30)
     state = ScalerState()
 
-    async def scale_from_zero(model: str, version: str) -> None:  # the activator's ask, as /scale would be
-        cluster.scale(max(cluster.desired, 1))
-
-    activator = Activator(routes, scale_from_zero, ActivatorConfig(queue_limit=500, hold_timeout_s=60))
-    port = await activator.start()
-    url = f"http://127.0.0.1:{port}/v2/models/m/infer"
+    port = await gateway.start()
+    url = f"http://127.0.0.1:{port}/v2/models/bench/m/infer"  # the gateway's KServe v2 path
     results: list[int] = []
     stop = asyncio.Event()
     decisions: list[tuple[float, int, str]] = []
@@ -168,7 +193,7 @@ async def realtime(cold_start_s: float) -> None:
             now = time.monotonic()
             pods = cluster.pods()
             loads = await asyncio.to_thread(sampler.sample, pods, now)
-            held = activator._held.get(("m", "main"), 0)
+            held = gateway.holder.held.get(HELD, 0)
             obs = Observation(now, cluster.desired, len(pods), model_load(loads, policy.metric) if pods else None,
                               requests_finished(loads), held)
             d = decide(policy, state, obs)
@@ -179,7 +204,7 @@ async def realtime(cold_start_s: float) -> None:
 
     async def client(session: aiohttp.ClientSession, until: float) -> None:
         while time.monotonic() < until and not stop.is_set():
-            async with session.post(url, json={"inputs": []}) as r:
+            async with session.post(url, json={"inputs": []}, headers={"Authorization": f"Bearer {KEY}"}) as r:
                 await r.read()
                 results.append(r.status)
 
@@ -193,14 +218,14 @@ async def realtime(cold_start_s: float) -> None:
         await asyncio.gather(*burst, *heavy)
         stop.set()
         await task
-    await activator.stop()
+    await gateway.stop()
     await cluster.close()
     failed = sum(1 for c in results if c != 200)
-    cold = activator.cold_starts.get(("m", "main"), [])
+    cold = list(gateway.holder.cold_starts.get(HELD, []))
     after = [t - step_at for t, n, _ in decisions if t >= step_at]
     print(f"== real time on 127.0.0.1 (cold start {cold_start_s:.1f} s per replica, 1 s scaler tick)")
     print(f"requests: {len(results)} answered, {failed} failed (goal 0)")
-    print(f"scale-from-zero: cold start measured by the activator {statistics.fmean(cold):.2f} s" if cold else
+    print(f"scale-from-zero: cold start measured by the gateway {statistics.fmean(cold):.2f} s" if cold else
           "scale-from-zero: no cold start recorded")
     print("decisions (t s, replicas, mode): " + ", ".join(f"({t:.1f}, {n}, {m})" for t, n, m in decisions))
     print(f"load step 6 -> 46 clients at t={step_at:.1f}s: first decision after "

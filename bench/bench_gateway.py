@@ -36,7 +36,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -88,7 +89,6 @@ def serve_gateway(port_file: str, pod_url: str) -> None:
     """The real gateway with one key and high limits, in front of ``pod_url``."""
     import hmac
 
-    from deepserve.operator.gateway import eventloop
     from deepserve.operator.gateway.server import Gateway, ModelRoute
     from deepserve.operator.tenancy import ModelSelector, Principal, TenantPlan
 
@@ -112,7 +112,18 @@ def serve_gateway(port_file: str, pod_url: str) -> None:
         _write_port(port_file, port)
         await asyncio.Event().wait()
 
-    eventloop.run(main())  # as `deepserve gateway run` does (uvloop when installed)
+    _run_loop(main())  # as `deepserve gateway run` does (uvloop when installed)
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` as ``deepserve gateway run`` does; a --baseline-tree from before
+    ``gateway.eventloop`` existed ran on asyncio's loop, so it does here too."""
+    try:
+        from deepserve.operator.gateway.eventloop import run
+    except ImportError:
+        asyncio.run(main)
+        return
+    run(main)
 
 
 async def _serve_forever(app: web.Application, port_file: str) -> None:
@@ -130,9 +141,10 @@ def _write_port(path: str, port: int) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _spawn(role: str, *args: str) -> tuple[subprocess.Popen[bytes], str]:
-    port_file = f"/tmp/bench-gateway-{os.getpid()}-{role}.port"
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", role, port_file, *args])
+def _spawn(role: str, *args: str, tree: str = "") -> tuple[subprocess.Popen[bytes], str]:
+    port_file = f"/tmp/bench-gateway-{os.getpid()}-{role}{'-base' if tree else ''}.port"
+    env = {**os.environ, "PYTHONPATH": tree} if tree else None  # import deepserve from ``tree``
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", role, port_file, *args], env=env)
     deadline = time.monotonic() + 30
     while not os.path.exists(port_file):
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -217,9 +229,31 @@ async def fixed_rate(session: aiohttp.ClientSession, url: str, rate: float, seco
     return list(await asyncio.gather(*tasks))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used (Linux ``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+async def cpu_per_request(session: aiohttp.ClientSession, url: str, pid: int, args: argparse.Namespace,
+                          name: str, add: Callable[[str, float], None]) -> float:
+    """Max req/s of ``url`` and the CPU µs process ``pid`` spent per request meanwhile.
+
+    CPU per request does not depend on what else the machine runs (wall-clock rates do), so
+    ``1e6 / µs`` is what one core given wholly to that process would serve."""
+    before, done = cpu_seconds(pid), [0]
+    rps = await max_rps(session, url, args.concurrency, args.seconds, count=done)
+    us = (cpu_seconds(pid) - before) / done[0] * 1e6
+    add(f"{name} CPU us/request", us)
+    add(f"{name} req/s per core (1e6 / CPU us)", 1e6 / us)
+    return rps
+
+
 async def max_rps(session: aiohttp.ClientSession, url: str, concurrency: int, seconds: float,
-                  key: str = KEY, chat: bool = False) -> float:
-    """Closed loop: ``concurrency`` callers back to back; completed requests per second."""
+                  key: str = KEY, chat: bool = False, count: list[int] | None = None) -> float:
+    """Closed loop: ``concurrency`` callers back to back; completed requests per second
+    (the count is also left in ``done[0]`` when given)."""
     done = 0
     stop = time.perf_counter() + seconds
 
@@ -231,7 +265,20 @@ async def max_rps(session: aiohttp.ClientSession, url: str, concurrency: int, se
 
     start = time.perf_counter()
     await asyncio.gather(*[caller() for _ in range(concurrency)])
+    if count is not None:
+        count[0] = done
     return done / (time.perf_counter() - start)
+
+
+async def baseline(s: aiohttp.ClientSession, base: str, args: argparse.Namespace, direct: list[float],
+                   pod_rps: float, pids: dict[str, int], add: Callable[[str, float], None]) -> None:
+    """The --baseline-tree gateway: the same fixed-rate and max req/s figures, same run."""
+    through = await fixed_rate(s, base, args.rate, args.seconds)
+    for q, label in ((0.5, "p50"), (0.99, "p99")):
+        add(f"baseline overhead {label} ms @{args.rate:g}/s", (pct(through, q) - pct(direct, q)) * 1e3)
+    rps = await cpu_per_request(s, base, pids["baseline"], args, "baseline gateway", add)
+    add("max req/s through the baseline gateway", rps)
+    add("baseline gateway / direct max req/s", rps / pod_rps)
 
 
 async def fairness(s: aiohttp.ClientSession, gw: str, args: argparse.Namespace,
@@ -285,7 +332,8 @@ async def side_by_side(s: aiohttp.ClientSession, pod: str, gw: str, lite: str, a
         add(f"chat max req/s {name}", await max_rps(s, url, args.concurrency, args.seconds, key, True))
 
 
-async def bench(args: argparse.Namespace, pod: str, gw: str, lite: str | None) -> None:
+async def bench(args: argparse.Namespace, pod: str, gw: str, lite: str | None, base: str | None,
+                pids: dict[str, int]) -> None:
     # idle pooled connections closed after 2 s: below every server's idle timeout (uvicorn's is 5 s)
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
     figures: dict[str, list[float]] = {}
@@ -303,11 +351,13 @@ async def bench(args: argparse.Namespace, pod: str, gw: str, lite: str | None) -
                 add(f"direct {label} ms @{args.rate:g}/s", pct(direct, q) * 1e3)
                 add(f"gateway {label} ms @{args.rate:g}/s", pct(through, q) * 1e3)
                 add(f"overhead {label} ms @{args.rate:g}/s", (pct(through, q) - pct(direct, q)) * 1e3)
-            gw_rps = await max_rps(s, gw, args.concurrency, args.seconds)
-            pod_rps = await max_rps(s, pod, args.concurrency, args.seconds)
+            gw_rps = await cpu_per_request(s, gw, pids["gateway"], args, "gateway", add)
+            pod_rps = await cpu_per_request(s, pod, pids["pod"], args, "pod", add)
             add("max req/s through the gateway", gw_rps)
             add("max req/s direct to the pod", pod_rps)
             add("gateway / direct max req/s", gw_rps / pod_rps)
+            if base is not None:
+                await baseline(s, base, args, direct, pod_rps, pids, add)
             ttft_direct = await fixed_rate(s, pod, args.stream_rate, args.seconds, stream=True)
             ttft_gw = await fixed_rate(s, gw, args.stream_rate, args.seconds, stream=True)
             add(f"TTFT p50 ms direct @{args.stream_rate:g}/s", pct(ttft_direct, 0.5) * 1e3)
@@ -321,7 +371,7 @@ async def bench(args: argparse.Namespace, pod: str, gw: str, lite: str | None) -
             print(f"run {run + 1}/{args.runs} done: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in figures.items()),
                   flush=True)
     for key, values in figures.items():
-        unit = "x" if "/ direct" in key else ("ms" if " ms" in key else "req/s")
+        unit = "x" if "/ direct" in key else ("ms" if " ms" in key else ("us" if " us/" in key else "req/s"))
         print(summary(key, values, unit))
 
 
@@ -336,6 +386,8 @@ def main() -> None:
     p.add_argument("--idle", type=int, default=10_000, help="idle connections held open in one step")
     p.add_argument("--litellm", default="", help="path of a `litellm` proxy binary: also measure it")
     p.add_argument("--lite-rate", type=float, default=100.0, help="fixed rate of the side by side")
+    p.add_argument("--baseline-tree", default="", help="a source tree holding an older deepserve/ "
+                   "(e.g. from `git archive`): its gateway is measured beside this one in the same run")
     p.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
@@ -345,6 +397,12 @@ def main() -> None:
     pod_proc, pod_url = _spawn("pod")
     gw_proc, gw_url = _spawn("gateway", pod_url)
     procs = [gw_proc, pod_proc]
+    base_url = None
+    pids = {"pod": pod_proc.pid, "gateway": gw_proc.pid}
+    if args.baseline_tree:
+        base_proc, base_url = _spawn("gateway", pod_url, tree=args.baseline_tree)
+        procs.insert(0, base_proc)
+        pids["baseline"] = base_proc.pid
     lite_url = None
     try:
         if args.litellm:
@@ -352,7 +410,7 @@ def main() -> None:
             procs.insert(0, lite_proc)
         print(f"pod {pod_url}, gateway {gw_url}, litellm {lite_url}; {args.runs} runs, "
               f"{os.cpu_count()} CPUs", flush=True)
-        asyncio.run(bench(args, pod_url, gw_url, lite_url))
+        asyncio.run(bench(args, pod_url, gw_url, lite_url, base_url, pids))
     finally:
         for proc in procs:
             proc.terminate()

@@ -1,12 +1,13 @@
-"""``deepserve scale``: status of a model's scaling (versions side by side), set replicas, run the activator."""
+"""``deepserve scale``: status of a model's scaling (versions side by side), set replicas.
+
+Holding requests for a model scaled to zero (and asking for its scale-up) is the gateway's
+hold-and-wake: ``deepserve gateway run --namespace NS`` (it replaced ``scale activator``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
-import signal
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ from deepserve.operator.kube import Kube, KubeError
 
 def register(sub: Any) -> None:
     """Add the ``scale`` command group."""
-    p = sub.add_parser("scale", help="serverless scaling: status per version, set replicas, the activator")
+    p = sub.add_parser("scale", help="serverless scaling: status per version, set replicas")
     ops = p.add_subparsers(dest="scale_cmd", metavar="ACTION", required=True)
 
     st = ops.add_parser("status", help="who owns scaling, and versions side by side (replicas, rps, latency, "
@@ -33,13 +34,6 @@ def register(sub: Any) -> None:
     _common(s)
     s.set_defaults(func=cmd_set)
 
-    a = ops.add_parser("activator", help="run the activator (holds requests of models scaled to zero)")
-    a.add_argument("--host", default="127.0.0.1", help="listen address")
-    a.add_argument("--port", type=int, default=8080)
-    a.add_argument("--queue-limit", type=int, default=100, help="held requests per version")
-    a.add_argument("--hold-timeout", type=float, default=120.0, help="seconds a request may be held")
-    _common(a)
-    a.set_defaults(func=cmd_activator)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -107,34 +101,4 @@ def cmd_set(args: argparse.Namespace) -> int:
     finally:
         kube.close()
     print(f"{args.namespace}/{args.model}: replicas set to {args.replicas}")
-    return 0
-
-
-def cmd_activator(args: argparse.Namespace) -> int:
-    """Serve the activator until interrupted."""
-    from deepserve.operator.activator import Activator, ActivatorConfig, Routes
-    from deepserve.operator.activator.discovery import KubeDiscovery
-
-    async def main() -> None:
-        kube = Kube.from_kubeconfig(args.kubeconfig)
-        routes = Routes()
-        discovery = KubeDiscovery(kube, args.namespace, routes, asyncio.get_running_loop())
-        activator = Activator(routes, discovery.scale_up,
-                              ActivatorConfig(queue_limit=args.queue_limit, hold_timeout_s=args.hold_timeout))
-        discovery.poll_once()
-        discovery.start()
-        port = await activator.start(args.host, args.port)
-        print(f"activator listening on http://{args.host}:{port} for namespace {args.namespace}", flush=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            discovery.stop()
-            await activator.stop()
-            kube.close()
-
-    asyncio.run(main())
     return 0

@@ -170,8 +170,8 @@ def test_version_figures_side_by_side() -> None:
     assert table.splitlines()[1].split()[:3] == ["a", "80%", "1/2"]
 
 
-def test_activator_routes_from_cluster_objects() -> None:
-    from deepserve.operator.activator.discovery import routes_snapshot
+def test_gateway_routes_from_cluster_objects() -> None:
+    from deepserve.operator.gateway.discovery import routes_from_objects
 
     models = [{"metadata": {"name": "chat"}, "spec": {"source": {"uri": "builtin://tiny-llama"}, "versions": [
         {"name": "a", "weight": 90}, {"name": "b", "weight": 10}]}},
@@ -181,8 +181,11 @@ def test_activator_routes_from_cluster_objects() -> None:
         return {"metadata": {"labels": {"deepserve.io/model": "chat", "deepserve.io/version": version}},
                 "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": str(ready)}]}}
 
-    snap = routes_snapshot(models, [p("a", "10.0.0.1", True), p("a", "10.0.0.2", False), p("b", "10.0.0.3", True)])
-    assert snap == {"chat": ({"a": 90, "b": 10}, {"a": ["http://10.0.0.1:8000"], "b": ["http://10.0.0.3:8000"]})}
+    routes = routes_from_objects(models, [p("a", "10.0.0.1", True), p("a", "10.0.0.2", False),
+                                          p("b", "10.0.0.3", True)])
+    assert [r.name for r in routes] == ["chat"]  # "bad" does not validate: left out
+    assert [(v.name, v.weight, v.kserve_upstreams) for v in routes[0].versions] == [
+        ("a", 90, ("http://10.0.0.1:8000",)), ("b", 10, ("http://10.0.0.3:8000",))]
 
 
 def test_same_second_write_is_believed_external() -> None:
