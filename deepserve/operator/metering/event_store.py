@@ -3,8 +3,9 @@
 A batch's new events are grouped by the UTC hour they ended in (and split where end
 times are more than a minute apart); each group is one row of ``event_chunks`` holding
 its events as a MessagePack array, sorted by (ended_us, event_id), with the group's first
-and last end time. Every event id is also a 16-byte key
-of ``event_ids`` (a WITHOUT ROWID B-tree), which is what makes ingestion idempotent.
+and last end time. Every event id is also a 16-byte key of ``event_ids`` (a WITHOUT ROWID
+B-tree) or, until the next merge, a row of ``recent_ids`` (stored_ids.py), which is what
+makes ingestion idempotent.
 
 Why not one SQLite row per event: each event then costs a row in the table plus entries
 in two more B-trees (unique id, end time), ≈ 21 µs at ``synchronous=FULL``; a chunk row
