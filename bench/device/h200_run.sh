@@ -18,7 +18,7 @@ python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", tr
 for step in "$@"; do
   echo "=== $step $(date +%T)"
   case $step in
-    tests) timeout 120 python3 -m pytest -q -p no:cacheprovider --noconftest tests/unit/engine_part2/test_gpu.py 2>&1 | tail -15 | tee "$OUT/tests.log" ;;
+    tests) timeout 120 python3 -m pytest -q -p no:cacheprovider --noconftest tests/unit/engine_features/test_gpu.py 2>&1 | tail -15 | tee "$OUT/tests.log" ;;
     attention) timeout 200 python3 bench/bench_decode_attention.py --out "$OUT/attention.json" 2>&1 | tee "$OUT/attention.log" ;;
     decode) timeout 330 python3 bench/bench_h200.py --baseline --throughput-seqs 128 256 --out "$OUT/decode.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/decode.log" ;;
     compiled) timeout 540 python3 bench/bench_h200.py --compile --tune --no-hf --skip-memory --throughput-seqs 256 --out "$OUT/compiled.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/compiled.log" ;;

@@ -1,4 +1,4 @@
-"""Engine part 2 switched on from :class:`EngineOptions`: HAG, APS, prefix cache, TP.
+"""Engine features switched on from :class:`EngineOptions`: HAG, APS, prefix cache, TP.
 
 :func:`install_features` applies each technique to a loaded model from outside its code
 and returns an :class:`EngineFeatures` the runtime calls at three points: choosing a

@@ -41,7 +41,7 @@ def _require_str(name: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class SparseAttentionOptions:
-    """Sparse attention with a top-k indexer (implemented by part 2 of the engine).
+    """Sparse attention with a top-k indexer (deepserve.engine.sparse).
 
     ``top_k`` tokens are selected per query by the indexer, plus ``sinks`` first tokens
     and a ``local_window`` of the most recent tokens which are always attended.

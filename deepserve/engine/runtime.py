@@ -79,7 +79,7 @@ class InferenceEngine:
                  warm_up: bool | None = None, kv_cache_dtype: str = "auto",
                  kv_page_tokens: int = 0, kv_blocks: int = 0) -> None:
         self.model, self.tokenizer = model, tokenizer
-        # part 2 (sparse attention, adaptive precision, prefix cache); all off by default
+        # features (sparse attention, adaptive precision, prefix cache); all off by default
         self.features = features or EngineFeatures(precision=precision)
         self.device = model.lm_head.weight.device
         self.precision = precision

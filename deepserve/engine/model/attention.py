@@ -3,7 +3,7 @@
 Every attention module calls ``self.attention_fn(q, k, v, batch, scale)``. The default is
 :func:`dense_attention`: the flash-decoding kernel for one-token decode steps (reads only
 each sequence's live rows), causal FlashAttention over the new tokens for a fresh prefill,
-and masked PyTorch SDPA (:func:`sdpa_attention`) otherwise. Part 2 swaps in sparse attention
+and masked PyTorch SDPA (:func:`sdpa_attention`) otherwise. The sparse feature swaps in sparse attention
 (top-k indexer, sinks, local window) per layer with :func:`set_attention_fn` without
 touching the modules; MLA runs in latent space so it uses the same seam as MQA.
 """

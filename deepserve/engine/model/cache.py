@@ -1,7 +1,7 @@
 """Static, preallocated KV caches: one object per layer, indexed by (slot, position).
 
 A *slot* holds one sequence; shapes never change after allocation, so decode steps can
-be captured by CUDA graphs / ``torch.compile``. Part 2 (prefix cache, paging) replaces
+be captured by CUDA graphs / ``torch.compile``. The prefix cache and paged KV replace
 these objects behind the same ``update`` method.
 """
 

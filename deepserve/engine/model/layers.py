@@ -114,7 +114,7 @@ class MixtureOfExperts(nn.Module):
         flat = x.reshape(-1, shape[-1])  # [N, D]
         weights, indices = self.gate(flat)  # [N, k]
         routed = torch.zeros_like(flat)
-        # Only experts that received tokens run; part 2 can replace this loop with grouped GEMMs.
+        # Only experts that received tokens run; grouped GEMMs can replace this loop later.
         for expert in indices.unique().tolist():
             token, slot = torch.where(indices == expert)
             out = self.experts[expert](flat[token]) * weights[token, slot, None].to(flat.dtype)

@@ -1,6 +1,6 @@
 """Hierarchical attention gating (HAG): an indexer picks the tokens attention reads.
 
-See ``docs/engine-part2.md`` for the design (DeepSeek-V3.2 DSA-style lightning indexer
+See ``docs/engine-features.md`` for the design (DeepSeek-V3.2 DSA-style lightning indexer
 with attention sinks and a local window, versus NSA's three branches).
 """
 

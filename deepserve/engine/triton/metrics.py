@@ -84,7 +84,7 @@ class EngineMetrics:
             self.tpot.observe(stats.time_per_output_token_s)
 
     def cache_hits(self, tokens: int) -> None:
-        """Count prompt tokens reused from the prefix cache (engine part 2)."""
+        """Count prompt tokens reused from the prefix cache."""
         self.cache_hit_tokens.increment(tokens)
 
     def rejected(self) -> None:

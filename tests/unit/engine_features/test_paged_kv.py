@@ -86,13 +86,13 @@ def _paged_step(model: Transformer, tokens: torch.Tensor, positions: torch.Tenso
 
 @pytest.mark.parametrize("interpreted", [False, True])
 def test_paged_model_equals_the_contiguous_cache_with_a_shared_prefix(
-        part2_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, interpreted: bool) -> None:
+        tiny_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, interpreted: bool) -> None:
     if interpreted:  # decode through the Triton kernel (else the gathered-rows path)
         if os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("Triton was imported without TRITON_INTERPRET=1")
         monkeypatch.setattr(kernel_module, "RUN_ON_CPU", True)
-    contiguous = load_transformer(part2_dirs["llama"], "cpu", torch.float32)
-    paged = load_transformer(part2_dirs["llama"], "cpu", torch.float32)
+    contiguous = load_transformer(tiny_model_dirs["llama"], "cpu", torch.float32)
+    paged = load_transformer(tiny_model_dirs["llama"], "cpu", torch.float32)
     contiguous.setup_caches(2, 64)
     paged.setup_paged_caches(num_blocks=20, page=8, max_seq_len=64)
     tables = BlockTables(20, 8)
@@ -136,9 +136,9 @@ def _engine(path: Path, **kw: object) -> InferenceEngine:
 
 
 def test_paged_engine_serves_like_the_static_cache_and_returns_every_block(
-        part2_dirs: dict[str, Path]) -> None:
-    static = _engine(part2_dirs["llama"])
-    paged = _engine(part2_dirs["llama"], kv_page_tokens=8)
+        tiny_model_dirs: dict[str, Path]) -> None:
+    static = _engine(tiny_model_dirs["llama"])
+    paged = _engine(tiny_model_dirs["llama"], kv_page_tokens=8)
     assert paged.paged is not None and paged.paged.tables.num_blocks == 4 * 7  # 52 tokens: 7 blocks
     prompts = ["the quick brown fox jumps over the lazy dog", "a cat", "numbers such as one two three"]
     params = SamplingParams(max_tokens=10, ignore_eos=True)
@@ -160,8 +160,8 @@ def test_paged_engine_serves_like_the_static_cache_and_returns_every_block(
     assert paged.paged.tables.free_blocks == 4 * 7 and paged.paged.reserved == 0
 
 
-def test_paged_engine_waits_for_blocks_instead_of_failing(part2_dirs: dict[str, Path]) -> None:
-    engine = _engine(part2_dirs["llama"], kv_page_tokens=8, kv_cache_tokens=56)  # 7 blocks
+def test_paged_engine_waits_for_blocks_instead_of_failing(tiny_model_dirs: dict[str, Path]) -> None:
+    engine = _engine(tiny_model_dirs["llama"], kv_page_tokens=8, kv_cache_tokens=56)  # 7 blocks
     params = SamplingParams(max_tokens=10, ignore_eos=True)
     prompt = "the quick brown fox jumps over the lazy dog and the cat sat on the warm mat"
     assert engine.paged is not None and engine.paged.tables.num_blocks == 7
@@ -178,10 +178,10 @@ def test_paged_engine_waits_for_blocks_instead_of_failing(part2_dirs: dict[str, 
 
 
 def test_paged_engine_runs_more_sequences_than_static_slots_in_the_same_memory(
-        part2_dirs: dict[str, Path]) -> None:
+        tiny_model_dirs: dict[str, Path]) -> None:
     budget = {"max_batch_size": 8, "kv_cache_tokens": 104}  # 2 static slots of 40 + 12 tokens
-    static = _engine(part2_dirs["llama"], **budget)
-    paged = _engine(part2_dirs["llama"], kv_page_tokens=8, **budget)  # 13 blocks of 8
+    static = _engine(tiny_model_dirs["llama"], **budget)
+    paged = _engine(tiny_model_dirs["llama"], kv_page_tokens=8, **budget)  # 13 blocks of 8
     params = SamplingParams(max_tokens=4, ignore_eos=True)  # short requests: 1 block each
     for engine in (static, paged):
         for _ in range(8):

@@ -1,4 +1,4 @@
-"""Part 2 on a real GPU: fp8 tensor-core matmuls, sparse attention and fp8 serving on CUDA."""
+"""Engine features on a real GPU: fp8 tensor-core matmuls, sparse attention and fp8 serving on CUDA."""
 
 from __future__ import annotations
 

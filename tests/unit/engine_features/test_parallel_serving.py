@@ -39,8 +39,8 @@ def _tokens(engine: object, prompts: list[str]) -> list[list[int]]:
     return [list(r.token_ids) for r in results]
 
 
-def test_tp2_replica_answers_like_tp1(part2_dirs: dict[str, Path]) -> None:
-    options = _options(part2_dirs["llama"], tensor_parallel=2, prefix_cache_mib=1)
+def test_tp2_replica_answers_like_tp1(tiny_model_dirs: dict[str, Path]) -> None:
+    options = _options(tiny_model_dirs["llama"], tensor_parallel=2, prefix_cache_mib=1)
     reference = _tokens(build_engine(options.replace(tensor_parallel=1)), PROMPTS)
     failures: list[str] = []
     replica = launch_replica(options, failures.append, timeout_s=20)
@@ -59,7 +59,7 @@ def test_tp2_replica_answers_like_tp1(part2_dirs: dict[str, Path]) -> None:
     assert failures == [] and codes == {1: 0}
 
 
-def test_dead_rank_fails_the_replica_loudly(part2_dirs: dict[str, Path]) -> None:
+def test_dead_rank_fails_the_replica_loudly(tiny_model_dirs: dict[str, Path]) -> None:
     failed = threading.Event()
     reasons: list[str] = []
 
@@ -67,7 +67,7 @@ def test_dead_rank_fails_the_replica_loudly(part2_dirs: dict[str, Path]) -> None
         reasons.append(reason)
         failed.set()
 
-    replica = launch_replica(_options(part2_dirs["llama"], tensor_parallel=2), on_failure,
+    replica = launch_replica(_options(tiny_model_dirs["llama"], tensor_parallel=2), on_failure,
                              timeout_s=10)
     try:
         assert replica.supervisor is not None
@@ -85,7 +85,7 @@ def test_dead_rank_fails_the_replica_loudly(part2_dirs: dict[str, Path]) -> None
 
 
 def test_worker_pod_joins_the_leader_from_the_lws_environment(
-        part2_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+        tiny_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """A 2-pod LeaderWorkerSet group played by two process trees: the leader (this
     process, rank 0) and a worker pod's node agent (rank 1) that finds the leader only
     through LWS_LEADER_ADDRESS / LWS_GROUP_SIZE / LWS_WORKER_INDEX."""
@@ -95,7 +95,7 @@ def test_worker_pod_joins_the_leader_from_the_lws_environment(
     from deepserve.engine.parallel.launcher import free_port
     from deepserve.engine.parallel.rank import OPTIONS_ENV
 
-    options = _options(part2_dirs["llama"], tensor_parallel=2)
+    options = _options(tiny_model_dirs["llama"], tensor_parallel=2)
     reference = _tokens(build_engine(options.replace(tensor_parallel=1)), PROMPTS[:2])
     port = free_port()
     lws = {"LWS_GROUP_SIZE": "2", "DEEPSERVE_MASTER_PORT": str(port)}

@@ -48,9 +48,9 @@ def test_kernel_over_an_fp8_cache_equals_the_reference(monkeypatch: pytest.Monke
     assert (out.float() - ref.float()).abs().max().item() < 1e-5
 
 
-def test_fp8_cache_halves_bytes_and_stays_close_to_the_full_cache(part2_dirs: dict[str, Path]) -> None:
-    full = load_transformer(part2_dirs["llama"], "cpu", torch.float32)
-    fp8 = load_transformer(part2_dirs["llama"], "cpu", torch.float32)
+def test_fp8_cache_halves_bytes_and_stays_close_to_the_full_cache(tiny_model_dirs: dict[str, Path]) -> None:
+    full = load_transformer(tiny_model_dirs["llama"], "cpu", torch.float32)
+    fp8 = load_transformer(tiny_model_dirs["llama"], "cpu", torch.float32)
     full.setup_caches(2, 96)
     fp8.setup_caches(2, 96, kv_dtype=FP8)
     caches = [layer.self_attn.cache for layer in fp8.model.layers]
@@ -69,8 +69,8 @@ def test_fp8_cache_halves_bytes_and_stays_close_to_the_full_cache(part2_dirs: di
     assert 0 < err < 0.1, err  # E4M3 rounds each K/V entry by up to 2^-4 relative
 
 
-def test_engine_serves_with_an_fp8_cache_and_rejects_bad_settings(part2_dirs: dict[str, Path]) -> None:
-    opts = EngineOptions(model_dir=str(part2_dirs["llama"]), device="cpu", max_batch_size=2,
+def test_engine_serves_with_an_fp8_cache_and_rejects_bad_settings(tiny_model_dirs: dict[str, Path]) -> None:
+    opts = EngineOptions(model_dir=str(tiny_model_dirs["llama"]), device="cpu", max_batch_size=2,
                          max_input_tokens=32, max_new_tokens_limit=8, precision="fp32",
                          kv_cache_dtype="fp8")
     engine = build_engine(opts)
@@ -78,6 +78,6 @@ def test_engine_serves_with_an_fp8_cache_and_rejects_bad_settings(part2_dirs: di
     assert [len(o.token_ids or []) for o in out] == [8, 8] and engine.kv_cache_dtype == "fp8"
     with pytest.raises(EngineOptionsError, match="kv_cache_dtype"):
         EngineOptions(model_dir="m", kv_cache_dtype="int4")
-    mla = load_transformer(part2_dirs["deepseek_v3"], "cpu", torch.float32)
+    mla = load_transformer(tiny_model_dirs["deepseek_v3"], "cpu", torch.float32)
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         mla.setup_caches(1, 16, kv_dtype=FP8)

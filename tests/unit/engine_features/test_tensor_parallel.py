@@ -50,12 +50,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("arch", ["llama", "deepseek_v3"])
-def test_tp2_equals_tp1(part2_dirs: dict[str, Path], arch: str) -> None:
-    ref_first, ref_step, ref_heads = _run(load_transformer(part2_dirs[arch]))
+def test_tp2_equals_tp1(tiny_model_dirs: dict[str, Path], arch: str) -> None:
+    ref_first, ref_step, ref_heads = _run(load_transformer(tiny_model_dirs[arch]))
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, str(part2_dirs[arch]), port, queue))
+    procs = [ctx.Process(target=_worker, args=(r, 2, str(tiny_model_dirs[arch]), port, queue))
              for r in range(2)]
     for p in procs:
         p.start()
@@ -74,12 +74,12 @@ def test_tp2_equals_tp1(part2_dirs: dict[str, Path], arch: str) -> None:
             assert heads == ref_heads // 2  # each rank caches only its own KV heads
 
 
-def test_indivisible_heads_are_refused(part2_dirs: dict[str, Path], tmp_path: Path) -> None:
+def test_indivisible_heads_are_refused(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
         group = dist.new_group([0])
-        model = load_transformer(part2_dirs["llama"])
+        model = load_transformer(tiny_model_dirs["llama"])
         assert apply_tensor_parallel(model, group) is model  # world 1: unchanged
     finally:
         dist.destroy_process_group()
@@ -93,14 +93,14 @@ def test_indivisible_heads_are_refused(part2_dirs: dict[str, Path], tmp_path: Pa
         _split_gqa(attn, 0, 2)  # type: ignore[arg-type]
 
 
-def test_kv_heads_are_replicated_when_ranks_outnumber_them(part2_dirs: dict[str, Path]) -> None:
+def test_kv_heads_are_replicated_when_ranks_outnumber_them(tiny_model_dirs: dict[str, Path]) -> None:
     """TP=4 over 2 KV heads: each rank keeps one whole KV head; the partial sums add up."""
     import copy
 
     from deepserve.engine.model.cache import KVCache
     from deepserve.engine.parallel.tensor_parallel import _split_gqa
 
-    model = load_transformer(part2_dirs["llama"])
+    model = load_transformer(tiny_model_dirs["llama"])
     model.setup_caches(1, 64)
     attn = model.model.layers[0].self_attn
     assert (attn.heads, attn.kv_heads) == (4, 2)
@@ -118,13 +118,13 @@ def test_kv_heads_are_replicated_when_ranks_outnumber_them(part2_dirs: dict[str,
     torch.testing.assert_close(total, full, rtol=1e-5, atol=1e-5)
 
 
-def test_mlp_width_that_does_not_divide_splits_unevenly(part2_dirs: dict[str, Path]) -> None:
+def test_mlp_width_that_does_not_divide_splits_unevenly(tiny_model_dirs: dict[str, Path]) -> None:
     """TP=3 over an MLP of width 128: shares of 43/43/42 rows still sum to the full output."""
     import copy
 
     from deepserve.engine.parallel.tensor_parallel import _split_mlp
 
-    mlp = load_transformer(part2_dirs["llama"]).model.layers[0].mlp
+    mlp = load_transformer(tiny_model_dirs["llama"]).model.layers[0].mlp
     x = torch.randn(2, 5, mlp.gate_proj.in_features, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         full = mlp(x)

@@ -39,8 +39,8 @@ class _TokenCounter:
 
 
 @pytest.mark.parametrize("arch", ["llama", "deepseek_v3"])
-def test_hit_skips_prefill_and_gives_the_same_logits(part2_dirs: dict[str, Path], arch: str) -> None:
-    model = _model(part2_dirs[arch])
+def test_hit_skips_prefill_and_gives_the_same_logits(tiny_model_dirs: dict[str, Path], arch: str) -> None:
+    model = _model(tiny_model_dirs[arch])
     cache = PrefixCache(model, device_bytes=1 << 20, block_tokens=16)
     counter = _TokenCounter(model)
     ids = _ids(70, 0)
@@ -68,8 +68,8 @@ def test_a_different_prefix_misses_and_keys_chain_over_the_whole_prefix() -> Non
     assert block_keys(a, 16, salt="other-model")[0] != ka[0]
 
 
-def test_budgets_spill_to_host_then_evict_lru(part2_dirs: dict[str, Path]) -> None:
-    model = _model(part2_dirs["llama"])
+def test_budgets_spill_to_host_then_evict_lru(tiny_model_dirs: dict[str, Path]) -> None:
+    model = _model(tiny_model_dirs["llama"])
     block_bytes = sum(b[0, :, :16].numel() * b.element_size()
                       for b in cache_buffers(model, 3, 128))
     cache = PrefixCache(model, device_bytes=4 * block_bytes, host_bytes=4 * block_bytes,
@@ -89,8 +89,8 @@ def test_budgets_spill_to_host_then_evict_lru(part2_dirs: dict[str, Path]) -> No
     assert cache.restore(1, prompts[0]) == 0 and cache.as_dict()["misses"] == 1
 
 
-def test_host_spilled_blocks_restore_the_same_logits(part2_dirs: dict[str, Path]) -> None:
-    model = _model(part2_dirs["llama"])
+def test_host_spilled_blocks_restore_the_same_logits(tiny_model_dirs: dict[str, Path]) -> None:
+    model = _model(tiny_model_dirs["llama"])
     cache = PrefixCache(model, device_bytes=0, host_bytes=1 << 20, block_tokens=8)
     ids = _ids(41, 5)
     with torch.inference_mode():
@@ -104,8 +104,8 @@ def test_host_spilled_blocks_restore_the_same_logits(part2_dirs: dict[str, Path]
     assert torch.equal(hit, chunked)
 
 
-def test_indexer_keys_are_cached_with_the_prefix(part2_dirs: dict[str, Path]) -> None:
-    model = _model(part2_dirs["llama"])
+def test_indexer_keys_are_cached_with_the_prefix(tiny_model_dirs: dict[str, Path]) -> None:
+    model = _model(tiny_model_dirs["llama"])
     apply_sparse_attention(model, SparseAttentionOptions(True, top_k=4, sinks=1, local_window=4))
     n_buffers = len(cache_buffers(model, 3, 128))
     assert n_buffers == 3 * model.args.num_layers  # k, v and indexer keys per layer

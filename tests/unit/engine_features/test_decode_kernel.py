@@ -102,9 +102,9 @@ def test_unsupported_shapes_are_declined() -> None:
         decode_attention(q, k, v, None, 1.0)
 
 
-def test_model_decode_with_kernel_equals_sdpa(interpret: None, part2_dirs: dict[str, Path]) -> None:
+def test_model_decode_with_kernel_equals_sdpa(interpret: None, tiny_model_dirs: dict[str, Path]) -> None:
     """A decode step through the kernel gives the logits of the masked-SDPA path."""
-    model = load_transformer(part2_dirs["llama"], device="cpu", dtype=torch.float32)
+    model = load_transformer(tiny_model_dirs["llama"], device="cpu", dtype=torch.float32)
     model.setup_caches(3, 64)
     prompts = [torch.arange(5, 5 + n) % 200 for n in (7, 12, 3)]
     for slot, prompt in enumerate(prompts):
@@ -119,8 +119,8 @@ def test_model_decode_with_kernel_equals_sdpa(interpret: None, part2_dirs: dict[
     assert (fast - slow).abs().max().item() < 1e-4
 
 
-def test_fused_projections_keep_logits(part2_dirs: dict[str, Path]) -> None:
-    model = load_transformer(part2_dirs["llama"], device="cpu", dtype=torch.float32)
+def test_fused_projections_keep_logits(tiny_model_dirs: dict[str, Path]) -> None:
+    model = load_transformer(tiny_model_dirs["llama"], device="cpu", dtype=torch.float32)
     model.setup_caches(1, 32)
     tokens = torch.arange(10, 30)
     before = prefill(model, tokens, 0)
@@ -135,9 +135,9 @@ def test_fused_projections_keep_logits(part2_dirs: dict[str, Path]) -> None:
     assert model.fuse_projections() == 0  # already fused: nothing to do
 
 
-def test_batched_prefill_equals_one_at_a_time(part2_dirs: dict[str, Path]) -> None:
+def test_batched_prefill_equals_one_at_a_time(tiny_model_dirs: dict[str, Path]) -> None:
     """Right-padded batched prefill: same last logits and the same decode continuation."""
-    model = load_transformer(part2_dirs["llama"], device="cpu", dtype=torch.float32)
+    model = load_transformer(tiny_model_dirs["llama"], device="cpu", dtype=torch.float32)
     prompts = [torch.arange(3, 3 + n) % 200 for n in (9, 4, 15)]
     model.setup_caches(3, 48)
     one = torch.stack([prefill(model, p, slot) for slot, p in enumerate(prompts)])
@@ -150,9 +150,9 @@ def test_batched_prefill_equals_one_at_a_time(part2_dirs: dict[str, Path]) -> No
 
 
 def test_sparse_decode_through_kernel_equals_gathered(interpret: None,
-                                                      part2_dirs: dict[str, Path]) -> None:
+                                                      tiny_model_dirs: dict[str, Path]) -> None:
     """HAG decode with the kernel gives the gathered path's logits (same selection)."""
-    model = load_transformer(part2_dirs["llama"], device="cpu", dtype=torch.float32)
+    model = load_transformer(tiny_model_dirs["llama"], device="cpu", dtype=torch.float32)
     handle = apply_sparse_attention(model, SparseAttentionOptions(True, top_k=4, sinks=1,
                                                                   local_window=2))
     model.setup_caches(2, 40)
@@ -186,10 +186,10 @@ def test_indexer_scores_kernel_equals_reference(interpret: None, heads: int, dim
 
 
 def test_indexer_module_scores_use_the_kernel_for_decode(interpret: None,
-                                                         part2_dirs: dict[str, Path]) -> None:
+                                                         tiny_model_dirs: dict[str, Path]) -> None:
     """LightningIndexer.scores gives the same scores through the kernel as through einsum."""
     from deepserve.engine.sparse.indexer import IndexerConfig, LightningIndexer
-    model = load_transformer(part2_dirs["llama"], device="cpu", dtype=torch.float32)
+    model = load_transformer(tiny_model_dirs["llama"], device="cpu", dtype=torch.float32)
     indexer = LightningIndexer(model.args, IndexerConfig.for_model(model.args))
     gen = torch.Generator().manual_seed(0)
     for p in indexer.parameters():

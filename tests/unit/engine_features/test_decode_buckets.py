@@ -32,8 +32,8 @@ def test_buckets_cover_every_batch_size_with_few_shapes() -> None:
 
 
 def test_padded_step_equals_the_unpadded_step_and_leaves_live_rows_alone(
-        part2_dirs: dict[str, Path]) -> None:
-    model = load_transformer(part2_dirs["llama"], "cpu", torch.float32)
+        tiny_model_dirs: dict[str, Path]) -> None:
+    model = load_transformer(tiny_model_dirs["llama"], "cpu", torch.float32)
     model.setup_caches(8, 64)
     gen = torch.Generator().manual_seed(5)
     lengths = [7, 12, 3, 9, 5]  # bucket 8: three padding rows
@@ -60,8 +60,8 @@ def test_padded_step_equals_the_unpadded_step_and_leaves_live_rows_alone(
 
 
 def test_engine_decodes_up_to_the_highest_running_slot_and_reuses_low_slots(
-        part2_dirs: dict[str, Path]) -> None:
-    engine = build_engine(EngineOptions(model_dir=str(part2_dirs["llama"]), device="cpu",
+        tiny_model_dirs: dict[str, Path]) -> None:
+    engine = build_engine(EngineOptions(model_dir=str(tiny_model_dirs["llama"]), device="cpu",
                                         max_batch_size=8, max_input_tokens=32,
                                         max_new_tokens_limit=16, precision="fp32"))
     assert engine.decoder.buckets == (1, 2, 4, 8)

@@ -75,8 +75,8 @@ def _forward(model: Transformer):  # type: ignore[no-untyped-def]
 
 
 def test_scheduler_picks_the_cheapest_precision_whose_measured_error_is_within_bound(
-        part2_dirs: dict[str, Path]) -> None:
-    model, scheduler, batches = _setup(part2_dirs["llama"])
+        tiny_model_dirs: dict[str, Path]) -> None:
+    model, scheduler, batches = _setup(tiny_model_dirs["llama"])
     with torch.inference_mode():
         cal = scheduler.calibrate(_forward(model), batches)
         assert cal.error["fp32"] == 0.0
@@ -97,8 +97,8 @@ def test_scheduler_picks_the_cheapest_precision_whose_measured_error_is_within_b
         assert relative_error(served, reference) <= 0.007
 
 
-def test_outlier_heavy_batches_get_a_more_precise_choice(part2_dirs: dict[str, Path]) -> None:
-    model, scheduler, batches = _setup(part2_dirs["llama"])
+def test_outlier_heavy_batches_get_a_more_precise_choice(tiny_model_dirs: dict[str, Path]) -> None:
+    model, scheduler, batches = _setup(tiny_model_dirs["llama"])
     with torch.inference_mode():
         cal = scheduler.calibrate(_forward(model), batches)
         scheduler.error_bound = cal.error["fp16"] * 1.5  # fp16 passes on calibration-like input
@@ -112,8 +112,8 @@ def test_outlier_heavy_batches_get_a_more_precise_choice(part2_dirs: dict[str, P
 
 
 def test_weight_copies_are_kept_per_precision_and_state_dict_names_are_unchanged(
-        part2_dirs: dict[str, Path]) -> None:
-    model = load_transformer(part2_dirs["deepseek_v3"])
+        tiny_model_dirs: dict[str, Path]) -> None:
+    model = load_transformer(tiny_model_dirs["deepseek_v3"])
     names = set(model.state_dict())
     handle = apply_adaptive_precision(model, ("fp32", "bf16", "fp8"), fp8_block=16)
     assert set(model.state_dict()) == names
@@ -123,8 +123,8 @@ def test_weight_copies_are_kept_per_precision_and_state_dict_names_are_unchanged
 
 
 def test_measured_costs_need_a_clear_win_to_leave_the_master_precision(
-        part2_dirs: dict[str, Path]) -> None:
-    model, scheduler, batches = _setup(part2_dirs["llama"])
+        tiny_model_dirs: dict[str, Path]) -> None:
+    model, scheduler, batches = _setup(tiny_model_dirs["llama"])
     with torch.inference_mode():
         cal = scheduler.calibrate(_forward(model), batches)
     scheduler.costs = None  # rank by measured time

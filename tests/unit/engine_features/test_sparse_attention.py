@@ -49,8 +49,8 @@ def _decode_run(model: Transformer, prompt: torch.Tensor, steps: int) -> list[to
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_sparse_equals_dense_exactly_when_top_k_covers_the_context(
-        part2_dirs: dict[str, Path], arch: str) -> None:
-    model = _model(part2_dirs[arch])
+        tiny_model_dirs: dict[str, Path], arch: str) -> None:
+    model = _model(tiny_model_dirs[arch])
     prompt = _prompt(60)
     with torch.inference_mode():
         dense = _decode_run(model, prompt, 5)
@@ -65,9 +65,9 @@ def test_sparse_equals_dense_exactly_when_top_k_covers_the_context(
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_forced_sparse_kernels_match_dense_when_everything_is_selected(
-        part2_dirs: dict[str, Path], arch: str) -> None:
+        tiny_model_dirs: dict[str, Path], arch: str) -> None:
     """The gather (decode) and mask (prefill) kernels themselves equal dense attention."""
-    model = _model(part2_dirs[arch])
+    model = _model(tiny_model_dirs[arch])
     prompt = _prompt(50, seed=1)
     with torch.inference_mode():
         dense = _decode_run(model, prompt, 4)
@@ -82,8 +82,8 @@ def test_forced_sparse_kernels_match_dense_when_everything_is_selected(
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_small_top_k_reads_fewer_kv_entries_and_counts_them(
-        part2_dirs: dict[str, Path], arch: str) -> None:
-    model = _model(part2_dirs[arch])
+        tiny_model_dirs: dict[str, Path], arch: str) -> None:
+    model = _model(tiny_model_dirs[arch])
     opts = SparseAttentionOptions(True, top_k=8, sinks=2, local_window=6)
     handle = apply_sparse_attention(model, opts)
     prompt = _prompt(80, seed=2)
@@ -111,21 +111,21 @@ def test_selection_always_keeps_sinks_and_the_local_window() -> None:
 
 
 def test_checkpoint_indexer_weights_load_under_deepseek_v32_names(
-        part2_dirs: dict[str, Path], tmp_path: Path) -> None:
-    source = _model(part2_dirs["deepseek_v3"])
+        tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    source = _model(tiny_model_dirs["deepseek_v3"])
     apply_sparse_attention(source, SparseAttentionOptions(True, top_k=4))
     tensors = {k: v.clone() for k, v in indexer_state_dict(source).items()}
     assert any(".self_attn.indexer.wq_b.weight" in k for k in tensors)
     assert any(".self_attn.indexer.k_norm.bias" in k for k in tensors)
     save_file(tensors, str(tmp_path / "model-indexer.safetensors"))
-    target = _model(part2_dirs["deepseek_v3"])
+    target = _model(tiny_model_dirs["deepseek_v3"])
     assert load_indexer_weights(target, tmp_path) == target.args.num_layers
     for name, value in indexer_state_dict(target).items():
         assert torch.equal(value, tensors[name])
 
 
-def test_distillation_lowers_kl_and_improves_sparse_fidelity(part2_dirs: dict[str, Path]) -> None:
-    model = load_transformer(part2_dirs["llama"])
+def test_distillation_lowers_kl_and_improves_sparse_fidelity(tiny_model_dirs: dict[str, Path]) -> None:
+    model = load_transformer(tiny_model_dirs["llama"])
     held_out = torch.stack([_prompt(64, seed=100 + i) for i in range(2)])
     before = attention_recall(model, held_out, top_k=8, sinks=1, local_window=4)  # random indexers
     gen = torch.Generator().manual_seed(4)
@@ -137,9 +137,9 @@ def test_distillation_lowers_kl_and_improves_sparse_fidelity(part2_dirs: dict[st
     assert after > before, (before, after)
 
 
-def test_sync_free_mode_matches_the_synced_mode(part2_dirs: dict[str, Path]) -> None:
+def test_sync_free_mode_matches_the_synced_mode(tiny_model_dirs: dict[str, Path]) -> None:
     """Without the host sync the sparse kernels run below the budget too: same result."""
-    model = _model(part2_dirs["llama"])
+    model = _model(tiny_model_dirs["llama"])
     prompt = _prompt(40, seed=3)
     handle = apply_sparse_attention(model, SparseAttentionOptions(True, top_k=50, sinks=2,
                                                                   local_window=4))

@@ -1,4 +1,4 @@
-"""The runtime with part 2 switched on from EngineOptions: counters and per-request precision."""
+"""The runtime with its features switched on from EngineOptions: counters and per-request precision."""
 
 from __future__ import annotations
 
@@ -28,16 +28,16 @@ def _options(path: Path, **kw: object) -> EngineOptions:
                          max_new_tokens_limit=16, **kw)  # type: ignore[arg-type]
 
 
-def test_everything_off_by_default_reports_the_load_precision(part2_dirs: dict[str, Path]) -> None:
-    engine = build_engine(_options(part2_dirs["llama"], precision="fp32"))
+def test_everything_off_by_default_reports_the_load_precision(tiny_model_dirs: dict[str, Path]) -> None:
+    engine = build_engine(_options(tiny_model_dirs["llama"], precision="fp32"))
     result = engine.generate([PROMPT], GREEDY)[0]
     assert result.precision == "fp32" and result.reused_prompt_tokens == 0
     assert set(engine.feature_stats()) == {"precision", "tensor_parallel"}
 
 
 def test_prefix_cache_reuses_a_repeated_prompt_with_the_same_output(
-        part2_dirs: dict[str, Path]) -> None:
-    engine = build_engine(_options(part2_dirs["llama"], precision="fp32", prefix_cache_mib=4,
+        tiny_model_dirs: dict[str, Path]) -> None:
+    engine = build_engine(_options(tiny_model_dirs["llama"], precision="fp32", prefix_cache_mib=4,
                                    host_cache_mib=4))
     first = engine.generate([PROMPT], GREEDY)[0]
     second = engine.generate([PROMPT], GREEDY)[0]
@@ -48,11 +48,11 @@ def test_prefix_cache_reuses_a_repeated_prompt_with_the_same_output(
 
 
 def test_sparse_attention_switch_counts_kv_reads_and_matches_dense_when_k_covers(
-        part2_dirs: dict[str, Path]) -> None:
-    dense = build_engine(_options(part2_dirs["llama"], precision="fp32"))
-    covering = build_engine(_options(part2_dirs["llama"], precision="fp32",
+        tiny_model_dirs: dict[str, Path]) -> None:
+    dense = build_engine(_options(tiny_model_dirs["llama"], precision="fp32"))
+    covering = build_engine(_options(tiny_model_dirs["llama"], precision="fp32",
                                      sparse_attention=SparseAttentionOptions(True, top_k=128)))
-    small = build_engine(_options(part2_dirs["llama"], precision="fp32",
+    small = build_engine(_options(tiny_model_dirs["llama"], precision="fp32",
                                   sparse_attention=SparseAttentionOptions(True, top_k=4, sinks=1,
                                                                           local_window=4)))
     expected = dense.generate([PROMPT], GREEDY)[0].token_ids
@@ -63,8 +63,8 @@ def test_sparse_attention_switch_counts_kv_reads_and_matches_dense_when_k_covers
 
 
 def test_adaptive_precision_reports_the_precision_of_each_request(
-        part2_dirs: dict[str, Path]) -> None:
-    engine = build_engine(_options(part2_dirs["llama"], precision="auto"))
+        tiny_model_dirs: dict[str, Path]) -> None:
+    engine = build_engine(_options(tiny_model_dirs["llama"], precision="auto"))
     results = engine.generate([PROMPT, "A short one"], GREEDY)
     aps = engine.feature_stats()["adaptive_precision"]
     assert set(aps["calibrated_error"]) == {"fp32", "fp16", "bf16"}  # type: ignore[index]
@@ -73,8 +73,8 @@ def test_adaptive_precision_reports_the_precision_of_each_request(
     assert sum(aps["served"].values()) == 2  # type: ignore[index]
 
 
-def test_fp8_precision_serves_in_fp8_on_the_reference_path(part2_dirs: dict[str, Path]) -> None:
-    engine = build_engine(_options(part2_dirs["deepseek_v3"], precision="fp8"))
+def test_fp8_precision_serves_in_fp8_on_the_reference_path(tiny_model_dirs: dict[str, Path]) -> None:
+    engine = build_engine(_options(tiny_model_dirs["deepseek_v3"], precision="fp8"))
     result = engine.generate([PROMPT], GREEDY)[0]
     assert result.precision == "fp8" and result.generated_tokens == 8
 
