@@ -96,7 +96,7 @@ def frontend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Frontend]:
             stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
-            _wait_http(f"{url}/health", 60)
+            _wait_http(f"{url}/health", 120)  # slow on a loaded 2-core machine
             yield Frontend(url, triton, reference, root / "spool", model_dir, proc)
         finally:
             proc.terminate()
