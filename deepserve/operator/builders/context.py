@@ -64,6 +64,7 @@ class ChosenPlacement:
     tolerations: tuple[dict[str, str], ...] = ()
     pipeline_parallel: int = 1
     nodes_per_replica: int = 1  # > 1: served as a LeaderWorkerSet (builders.leaderworkerset)
+    gpu_resource: str = "nvidia.com/gpu"  # what the pool's device plugin advertises (placement.gpus)
 
 
 @dataclass(frozen=True)

@@ -111,8 +111,8 @@ def _resources(ctx: BuildContext) -> dict[str, Any]:
     limits: dict[str, Any] = {"memory": res.memory}
     gpus = ctx.placement.gpus_per_replica
     if gpus > 0:
-        requests[GPU_RESOURCE] = str(gpus)
-        limits[GPU_RESOURCE] = str(gpus)
+        requests[ctx.placement.gpu_resource] = str(gpus)
+        limits[ctx.placement.gpu_resource] = str(gpus)
     return {"requests": requests, "limits": limits}
 
 
@@ -124,7 +124,7 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 def _tolerations(ctx: BuildContext) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if ctx.placement.gpus_per_replica > 0:
-        out.append(dict(GPU_TOLERATION))
+        out.append(dict(GPU_TOLERATION, key=ctx.placement.gpu_resource))
     for t in (*ctx.placement.tolerations, *ctx.spec.placement.tolerations):
         if dict(t) not in out:
             out.append(dict(t))

@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from deepserve.operator.builders.context import BuildContext, version_of
-from deepserve.operator.builders.deployment import GPU_RESOURCE, build_deployment
+from deepserve.operator.builders.deployment import build_deployment
 from deepserve.operator.builders.repository import engine_options
+from deepserve.operator.placement.gpus import is_gpu_resource
 
 LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
 LWS_KIND = "LeaderWorkerSet"
@@ -56,8 +57,9 @@ def lws_missing_reason(placement: Any) -> str:
 def _set_gpus(container: dict[str, Any], gpus: int) -> None:
     for part in ("requests", "limits"):
         section = container.setdefault("resources", {}).setdefault(part, {})
-        if GPU_RESOURCE in section:
-            section[GPU_RESOURCE] = str(gpus)
+        for name in section:
+            if is_gpu_resource(name):
+                section[name] = str(gpus)
 
 
 def _pod(template: dict[str, Any], role: str) -> dict[str, Any]:

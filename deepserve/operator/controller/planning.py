@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deepserve.engine.contract.builtin import builtin_config
+from deepserve.engine.hardware import load_catalog
 from deepserve.operator import placement as planner
 from deepserve.operator.api.views import InferenceModelSpec
 from deepserve.operator.builders.context import ChosenPlacement
+from deepserve.operator.placement.gpus import whole_device_resource
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,19 @@ def _pipeline_parallel(c: Any, spec: InferenceModelSpec) -> int:
     return planned
 
 
+def gpu_resource(pool: Any, accelerator_id: str) -> str:
+    """The resource a replica's pods request on ``pool``: what its nodes advertise (a MIG
+    slice, ``amd.com/gpu``...), else the catalog vendor's whole-device resource."""
+    declared = str(getattr(pool, "gpu_resource", "") or "")
+    if declared:
+        return declared
+    catalog = load_catalog()
+    if accelerator_id in catalog:
+        acc = catalog.get(accelerator_id)
+        return whole_device_resource(acc.vendor, acc.kind)
+    return whole_device_resource("")
+
+
 def _chosen(c: Any, pool: Any, spec: InferenceModelSpec, tolerations: Tolerations) -> ChosenPlacement:
     return ChosenPlacement(
         pool=c.pool, accelerator_id=c.accelerator_id, gpus_per_replica=int(c.gpus_per_replica),
@@ -96,6 +111,7 @@ def _chosen(c: Any, pool: Any, spec: InferenceModelSpec, tolerations: Toleration
         tolerations=tolerations.get(c.pool, ()),
         pipeline_parallel=_pipeline_parallel(c, spec),
         nodes_per_replica=int(getattr(c, "nodes_per_replica", 1)),
+        gpu_resource=gpu_resource(pool, c.accelerator_id),
     )
 
 
@@ -139,6 +155,7 @@ def kept_placement(previous: dict[str, Any], pools: list[Any], tolerations: Tole
         node_selector=dict(offer.node_selector), tolerations=tolerations.get(pool_name, ()),
         pipeline_parallel=int(previous.get("pipelineParallel", 1)),
         nodes_per_replica=int(previous.get("nodesPerReplica", 1)),
+        gpu_resource=gpu_resource(offer, previous.get("acceleratorId", offer.accelerator_id)),
     )
     estimates: dict[str, Any] = {k: previous[k] for k in ("memoryGiBPerGpu", "decodeTokensPerSecond", "prefillTokensPerSecond",
                                           "timeToFirstTokenMs", "costPerMillionTokens", "currency")

@@ -19,6 +19,23 @@ GPU_RESOURCES: tuple[str, ...] = (
 )
 """Extended resources that count whole accelerators (one unit = one catalog device)."""
 
+_VENDOR_RESOURCES: dict[str, str] = {
+    "nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu", "google": "google.com/tpu",
+    "aws": "aws.amazon.com/neuron", "huawei": "huawei.com/Ascend910",
+}
+
+
+def whole_device_resource(vendor: str, kind: str = "gpu") -> str:
+    """The extended resource a vendor's device plugin advertises for one whole device.
+
+    Intel's GPUs are ``gpu.intel.com/i915`` and its Gaudi accelerators ``habana.ai/gaudi``;
+    a vendor without a known device plugin gets ``nvidia.com/gpu`` (the most common plugin).
+    """
+    if vendor == "intel":
+        return "gpu.intel.com/i915" if kind == "gpu" else "habana.ai/gaudi"
+    return _VENDOR_RESOURCES.get(vendor, "nvidia.com/gpu")
+
+
 _MIG_RESOURCE = re.compile(r"^nvidia\.com/mig-(\d+)g\.(\d+)gb$")
 _MIG_LABEL = re.compile(r"-MIG-(\d+)g\.(\d+)gb$", re.IGNORECASE)
 

@@ -55,8 +55,8 @@ class PoolOffer:
     partition: str = ""
     """MIG profile (``1g.5gb``) when every GPU of the pool is a slice of the catalog device."""
     gpu_resource: str = ""
-    """The extended resource a replica's pod requests (``nvidia.com/mig-1g.5gb``); "" = the
-    vendor's whole-device resource."""
+    """The extended resource a replica's pod requests (``amd.com/gpu``, ``nvidia.com/mig-1g.5gb``:
+    what the pool's nodes advertise); "" = the catalog vendor's whole-device resource."""
 
     def accelerator(self, acc: Accelerator) -> Accelerator:
         """What one GPU of this pool is: ``acc``, or for a MIG slice its own memory, a share of
@@ -287,7 +287,7 @@ def discover_pools(
         else:
             selector = dict((declared[pool_name].get("spec") or {}).get("nodeSelector") or {})
         grp = groups.setdefault(pool_name, _Group(selector, acc.id, partition=partition,
-                                                  resource=resource if partition else ""))
+                                                  resource=resource))
         if (grp.accelerator_id, grp.partition) != (acc.id, partition):
             unknown.append(f"node {name}: accelerator {acc.id}{' MIG ' + partition if partition else ''} "
                            f"differs from pool {pool_name}'s {grp.accelerator_id}"
