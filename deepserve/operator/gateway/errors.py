@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -32,7 +32,7 @@ def error_response(exc: OpenAIError, headers: dict[str, str] | None = None) -> w
 
 async def maybe_await(value: Any) -> Any:
     """``value``, awaited when it is awaitable (the Redis limiter is async, the local one not)."""
-    return await value if inspect.isawaitable(value) else value
+    return await value if asyncio.iscoroutine(value) else value  # cheaper than inspect.isawaitable
 
 
 async def read_within(request: web.Request, limit: int) -> bytes | None:

@@ -179,6 +179,8 @@ class Gateway:
         self._session = aiohttp.ClientSession(
             timeout=timeout, connector=connector, auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
+            # no Accept-Encoding: the body is relayed as is (auto_decompress off) and read for usage
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
         if self.config.pod_load_every_s > 0:
             self._scraper = PodLoadScraper(self.router, self.config.pod_load_every_s)

@@ -131,6 +131,8 @@ def test_forged_tenant_header_is_dropped() -> None:
 
     headers, _ = run(TEAM_ONLY, body).seen[0]
     assert headers["X-Deepserve-Tenant"] == "tenant-a" and "X-Deepserve-Billing" not in headers
+    # the body is relayed as is and read for usage: the pod is never asked to compress it
+    assert "Accept-Encoding" not in headers
 
 
 def test_bad_requests_name_the_field_and_server_keeps_serving() -> None:
