@@ -69,8 +69,8 @@ def placement_request(spec: InferenceModelSpec) -> Any:
     """The planner's PlacementRequest for the spec."""
     e, r, p = spec.engine, spec.resources, spec.placement
     fixed = r.gpus_per_replica
-    if fixed is None and e.tensor_parallel is not None:
-        fixed = e.tensor_parallel * e.pipeline_parallel
+    if fixed is None and (e.tensor_parallel is not None or e.pipeline_parallel > 1):
+        fixed = (e.tensor_parallel or 1) * e.pipeline_parallel  # at least one GPU per stage
     values: dict[str, Any] = {
         "precision": e.precision, "strategy": p.strategy, "allowed_pools": p.allowed_pools,
         "gpus_per_replica": fixed, "max_tp": r.max_tensor_parallel, "replicas": max(1, spec.scaling.desired()),
@@ -81,13 +81,26 @@ def placement_request(spec: InferenceModelSpec) -> Any:
     return planner.PlacementRequest(**{k: v for k, v in values.items() if k in known})
 
 
-def _pipeline_parallel(c: Any, spec: InferenceModelSpec) -> int:
-    """The planner's stages (multi-node), or the spec's when its TP x PP fills the replica."""
+def _parallelism(c: Any, spec: InferenceModelSpec) -> tuple[int, int] | None:
+    """(TP, PP) a replica runs: the planner's stages (multi-node) or the spec's.
+
+    ``spec.engine.pipelineParallel`` is honoured or refused, never dropped: with
+    ``tensorParallel`` set, TP x PP must fill the replica's GPUs; without it, each stage gets
+    GPUs / PP ranks. None when the placement cannot run the spec's stages.
+    """
     planned = int(getattr(c, "pipeline_parallel", 1))
     e = spec.engine
-    if planned == 1 and e.tensor_parallel and e.tensor_parallel * e.pipeline_parallel == int(c.gpus_per_replica):
-        return int(e.pipeline_parallel)
-    return planned
+    gpus = int(c.gpus_per_replica)
+    want = int(e.pipeline_parallel)
+    if planned > 1:  # the planner spread a replica over nodes in stages
+        if want > 1 and want != planned:
+            return None
+        return int(e.tensor_parallel or c.tensor_parallel), planned
+    if want <= 1:
+        return int(e.tensor_parallel or c.tensor_parallel), 1
+    if e.tensor_parallel:
+        return (int(e.tensor_parallel), want) if e.tensor_parallel * want == gpus else None
+    return (gpus // want, want) if gpus % want == 0 else None
 
 
 def gpu_resource(pool: Any, accelerator_id: str) -> str:
@@ -103,13 +116,14 @@ def gpu_resource(pool: Any, accelerator_id: str) -> str:
     return whole_device_resource("")
 
 
-def _chosen(c: Any, pool: Any, spec: InferenceModelSpec, tolerations: Tolerations) -> ChosenPlacement:
+def _chosen(c: Any, pool: Any, spec: InferenceModelSpec, tolerations: Tolerations,
+            parallelism: tuple[int, int]) -> ChosenPlacement:
     return ChosenPlacement(
         pool=c.pool, accelerator_id=c.accelerator_id, gpus_per_replica=int(c.gpus_per_replica),
-        tensor_parallel=int(spec.engine.tensor_parallel or c.tensor_parallel), precision=c.precision,
+        tensor_parallel=parallelism[0], precision=c.precision,
         node_selector=dict(c.node_selector or getattr(pool, "node_selector", {}) or {}),
         tolerations=tolerations.get(c.pool, ()),
-        pipeline_parallel=_pipeline_parallel(c, spec),
+        pipeline_parallel=parallelism[1],
         nodes_per_replica=int(getattr(c, "nodes_per_replica", 1)),
         gpu_resource=gpu_resource(pool, c.accelerator_id),
     )
@@ -190,4 +204,14 @@ def plan(spec: InferenceModelSpec, pools: list[Any], previous: dict[str, Any] | 
     if result.chosen is None:
         return PlanOutcome(None, result.reason or "NoPoolFits: no pool can serve this model", {}, rejected)
     offer = next((p for p in pools if p.name == result.chosen.pool), None)
-    return PlanOutcome(_chosen(result.chosen, offer, spec, tolerations), result.reason, _estimates(result.chosen), rejected)
+    parallelism = _parallelism(result.chosen, spec)
+    if parallelism is None:
+        c = result.chosen
+        return PlanOutcome(None, f"InvalidParallelism: spec.engine.pipelineParallel: "
+                                 f"{spec.engine.pipeline_parallel} stages do not fit the placement's "
+                                 f"{c.gpus_per_replica} GPUs per replica (TP={spec.engine.tensor_parallel or c.tensor_parallel}, "
+                                 f"{getattr(c, 'pipeline_parallel', 1)} planned stage(s)); set "
+                                 "spec.engine.tensorParallel so tensorParallel x pipelineParallel "
+                                 "GPUs make one replica", {}, rejected)
+    return PlanOutcome(_chosen(result.chosen, offer, spec, tolerations, parallelism), result.reason,
+                       _estimates(result.chosen), rejected)
