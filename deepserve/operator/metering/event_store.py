@@ -1,9 +1,9 @@
 """How the ledger keeps usage events (schema 2): in chunks, plus an index of their ids.
 
-A batch's new events are grouped by the UTC hour they ended in (and split where end
-times are more than a minute apart); each group is one row of ``event_chunks`` holding
-its events as a MessagePack array, sorted by (ended_us, event_id), with the group's first
-and last end time. Every event id is also a 16-byte key of ``event_ids`` (a WITHOUT ROWID
+A batch's new events are grouped by the UTC hour they ended in (runs of events more than
+a minute from the rest, e.g. late ones, go to a chunk of their own); each group is one row
+of ``event_chunks`` holding its events as a MessagePack array, sorted by (ended_us,
+event_id), with the group's first and last end time. Every event id is also a 16-byte key of ``event_ids`` (a WITHOUT ROWID
 B-tree) or, until the next merge, a row of ``recent_ids`` (stored_ids.py), which is what
 makes ingestion idempotent.
 
@@ -37,6 +37,9 @@ CHUNK_EVENTS = 4096
 #: chunk that overlaps the merge's position, and one stretched chunk per batch made a
 #: CloudEvents export of 1.3M events (1 % up to an hour late) hold them all (800 MiB).
 CHUNK_GAP_US = 60 * 1_000_000
+#: Runs between such gaps shorter than this share one chunk per hour (the late events of a
+#: batch; or all of them where a batch's events are spread thin over the hour).
+CHUNK_RUN_EVENTS = 32
 _ENCODE = msgspec.msgpack.Encoder().encode
 _DECODE = msgspec.msgpack.Decoder(list[Row]).decode
 _ORDER = itemgetter(13, 0)  # (ended_us, event_id)
@@ -128,11 +131,17 @@ def chunk_rows(rows: Iterable[Row], ingested_us: int) -> list[tuple[int, int, in
         group.sort(key=_ORDER)
         ends = [r[_END] for r in group]
         cuts = [i for i in range(1, len(ends)) if ends[i] - ends[i - 1] > gap]
+        parts: list[list[Row]] = []
+        sparse: list[Row] = []  # runs too short for a chunk of their own, in order
         for lo, hi in zip([0, *cuts], [*cuts, len(group)], strict=True):
-            for i in range(lo, hi, CHUNK_EVENTS):
-                part = group[i:min(i + CHUNK_EVENTS, hi)]
-                out.append((hour, part[0][_END], part[-1][_END], len(part), ingested_us,
-                            _ENCODE(part)))
+            if hi - lo < CHUNK_RUN_EVENTS:
+                sparse += group[lo:hi]
+            else:
+                parts += [group[i:min(i + CHUNK_EVENTS, hi)]
+                          for i in range(lo, hi, CHUNK_EVENTS)]
+        parts += [sparse[i:i + CHUNK_EVENTS] for i in range(0, len(sparse), CHUNK_EVENTS)]
+        out += [(hour, part[0][_END], part[-1][_END], len(part), ingested_us, _ENCODE(part))
+                for part in parts]
     return out
 
 

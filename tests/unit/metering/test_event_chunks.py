@@ -35,3 +35,14 @@ def test_late_events_do_not_stretch_their_batch_chunk(tmp_path: Path) -> None:
     assert len(spans) == 6  # per batch: the 50 on time, the 2 late ones (1 s apart)
     assert all(span <= max(49_000_000, CHUNK_GAP_US) for span, _ in spans)
     assert sorted(count for _, count in spans) == [2, 2, 2, 50, 50, 50]
+
+
+def test_events_spread_thin_share_one_chunk_per_hour(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    events = [build_event(100 * i) for i in range(30)]  # 100 s apart, within 10:00-11:00
+    with UsageLedger(path) as ledger:
+        assert len(ledger.ingest(events).accepted) == 30
+        stored = [r[0] for r in ledger.iter_events(T0, T0 + timedelta(hours=1))]
+    assert stored == [e.event_id for e in sorted(events, key=lambda e: (e.ended_at, e.event_id))]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count FROM event_chunks").fetchall() == [(30,)]
