@@ -18,7 +18,8 @@
 4. ``--only scale``: JSON wire ingest (``ingest_json``, ``synchronous=FULL``) measured
    ``--runs`` times on a ledger already holding ``--ledger-events`` (1M) events, each run
    adding ``--events`` more, against the same measurement on an empty ledger in the same
-   process (the ratio); then the peak RSS of exports of that ledger (FOCUS aligned and
+   process (the ratio); ``--arrival ordered`` (default: end times grow with the ledger, 1 %
+   up to an hour late) or ``spread`` (over one day); then the peak RSS of exports of that ledger (FOCUS aligned and
    unaligned, CloudEvents) to a file, each in a fresh child process, against a child
    that only opens the ledger. Goals: >= 100k events/CPU-s; export <= 500 MiB RSS.
 """

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from deepserve.operator.metering import UsageLedger
-from tests.unit.metering.conftest import build_event
+
+from .conftest import build_event
 
 
 def _id_rows(path: Path) -> tuple[int, int]:
