@@ -5,16 +5,26 @@
   in a temporary directory on free ports; or, when ``DEEPSERVE_KUBECONFIG`` is set, that
   cluster (e.g. kind) is used as it is.
 - ``namespace``: a fresh namespace per test, deleted afterwards.
+
+On machines without an NVIDIA driver, Triton (the kernel compiler) is put in interpreter mode
+here, before any test module imports it: it reads ``TRITON_INTERPRET`` once, at import, and
+integration modules import the engine (and so the kernels) while ``pytest tests`` collects,
+before ``tests/unit`` is reached. Kernels run only on CUDA unless a test opts in.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from dstest.cluster import ClusterHandle, start_session_cluster
+
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
