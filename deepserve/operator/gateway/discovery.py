@@ -107,9 +107,18 @@ class KubeDiscovery:
         scale_from_zero(self.kube, namespace, model)
 
     def start(self, apply: Callable[[list[ModelRoute]], None]) -> None:
-        """Poll in a daemon thread until :meth:`stop`, passing every result to ``apply``."""
+        """Poll once now, then in a daemon thread until :meth:`stop`, passing every result to ``apply``.
+
+        The first poll runs before the gateway serves, so a (re)started gateway never answers
+        404 for a model that exists just because its routes have not arrived yet.
+        """
+        try:
+            apply(self.poll_once())
+        except KubeError as exc:
+            log.warning("gateway discovery: %s", exc)
 
         def run() -> None:
+            self._stop.wait(self.every_s)
             while not self._stop.is_set():
                 try:
                     apply(self.poll_once())

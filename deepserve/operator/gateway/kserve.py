@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KSERVE_MAX_BODY_BYTES = 64 * 1024 * 1024  # tensors are larger than chat prompts
+# Tensors are larger than chat prompts, but the body reaches Triton's HTTP JSON parser as is:
+# it recurses per nesting level and, even with the pod's 1 GiB stack, ~20M levels (40 MB of
+# "[") crash it while 10M are refused cleanly (docs/engine.md). 8 MiB keeps any body below that.
+KSERVE_MAX_BODY_BYTES = 8 * 1024 * 1024
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
         "transfer-encoding", "upgrade", "host", "content-length"}
 

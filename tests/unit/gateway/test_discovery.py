@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 
 from deepserve.operator.builders.context import LABEL_MODEL, LABEL_VERSION, MANAGED_BY
-from deepserve.operator.gateway.discovery import routes_from_objects
+from deepserve.operator.gateway.discovery import KubeDiscovery, routes_from_objects
 from deepserve.operator.gateway.routing import VersionTarget
 
 pytestmark = pytest.mark.unit
@@ -58,3 +59,26 @@ def test_versions_weights_in_effect_aliases_and_only_ready_pods() -> None:
     )
     assert routes["team/plain"].versions == (
         VersionTarget("main", 100, ("http://10.0.1.1:9000",), ("http://10.0.1.1:8000",)),)
+
+
+class _ListOnly:
+    """The two reads discovery makes, answered from plain objects (a Kube seam fake)."""
+
+    def __init__(self, models: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
+        self.objects = {"InferenceModel": models, "Pod": pods}
+
+    def list(self, _api: str, kind: str, _ns: str | None, **_kw: Any) -> list[dict[str, Any]]:
+        return self.objects[kind]
+
+
+def test_first_routes_are_applied_before_start_returns() -> None:
+    """A (re)started gateway must not answer 404 for an existing model while its first poll runs."""
+    kube = _ListOnly([model("plain", {})], [pod("plain-1", "plain", "main", "10.0.1.1")])
+    seen: list[tuple[str, list[str]]] = []
+    discovery = KubeDiscovery(kube, ["team"], every_s=3600)  # type: ignore[arg-type]
+    discovery.start(lambda routes: seen.append((threading.current_thread().name,
+                                                [r.full_name for r in routes])))
+    try:  # applied by the caller (before the gateway serves), not later by the poll thread
+        assert seen == [(threading.current_thread().name, ["team/plain"])]
+    finally:
+        discovery.stop()
