@@ -8,6 +8,7 @@ all three endpoints to ``host`` (loopback by default) and stops the server grace
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -316,6 +317,10 @@ class LocalTriton:
                     os.killpg(self.process.pid, signal.SIGKILL)
                     self.process.wait()
             code = self.process.returncode
+            # Python-backend stubs Triton gave up on at its exit timeout outlive it (~700 MB
+            # each); they share its session's process group, so nothing of it survives.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process = None
         if self._log_file is not None:
             self._log_file.close()  # type: ignore[attr-defined]
