@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from dstest.crds import kube_with_crds
 
 from deepserve.operator.kube import Kube
 
@@ -18,15 +17,4 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.fixture(scope="session")
 def scale_kube(cluster: Any) -> Iterator[Kube]:
     """The Kube seam with deepserve's CRDs applied and established."""
-    k = Kube(cluster.api_client())
-    paths = sorted((ROOT / "crds").glob("*.yaml"))
-    for path in paths:
-        k.apply(yaml.safe_load(path.read_text()), field_manager="deepserve-tests")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        crds = [k.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", p.stem) for p in paths]
-        if all(any(c["type"] == "Established" and c["status"] == "True"
-                   for c in ((crd or {}).get("status") or {}).get("conditions") or []) for crd in crds):
-            break
-        time.sleep(0.5)
-    yield k
+    yield kube_with_crds(cluster)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from dstest.cluster import ClusterHandle
+from dstest.crds import kube_with_crds
 
 from deepserve.operator.dev import toolchain
 from deepserve.operator.dev.cluster import LocalCluster, Ports
@@ -114,21 +114,7 @@ def faults(fault_local: LocalCluster) -> FaultyCluster:
 @pytest.fixture(scope="session")
 def kube(cluster: ClusterHandle) -> Iterator[Kube]:
     """The Kube seam on the fault cluster, with the CRDs installed and established."""
-    k = Kube(cluster.api_client())
-    paths = sorted((ROOT / "crds").glob("*.yaml"))
-    for path in paths:
-        k.apply(yaml.safe_load(path.read_text()), field_manager="deepserve-tests")
-
-    def established() -> bool:
-        for path in paths:
-            crd = k.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", path.stem)
-            conds = {c["type"]: c["status"] for c in ((crd or {}).get("status") or {}).get("conditions") or []}
-            if conds.get("Established") != "True":
-                return False
-        return True
-
-    wait_for(established, "CRDs established", 60)
-    yield k
+    yield kube_with_crds(cluster)
 
 
 @pytest.fixture
