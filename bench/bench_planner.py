@@ -172,6 +172,8 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def bench_cluster_scale(nodes: int = 5000, runs: int = 3, per_model: int = 40) -> None:
+    """Wall and CPU (this thread's) time per plan: on a shared machine the wall p99 holds the
+    other jobs' preemptions, the CPU time only the planner's own work."""
     rng = random.Random(5)
     node_objs, pods, declared = scale_cluster(nodes, rng)
     print(f"\ncluster scale: {nodes} nodes in {len(SCALE_POOLS)} pools, {len(pods)} bound pods; "
@@ -180,12 +182,12 @@ def bench_cluster_scale(nodes: int = 5000, runs: int = 3, per_model: int = 40) -
     groups = {"all models": list(shapes), "single-node models (6)": [n for n in shapes if n != "deepseek-v3-fp8"],
               "deepseek-v3-fp8 (multi-node search)": ["deepseek-v3-fp8"]}
     discovery: list[float] = []
-    stats: dict[str, list[tuple[float, float]]] = {g: [] for g in groups}
+    stats: dict[tuple[str, str], list[tuple[float, float]]] = {(g, k): [] for g in groups for k in ("wall", "cpu")}
     for run in range(runs):
         t0 = time.perf_counter()
         pools = discover_pools(node_objs, pods, declared).pools
         discovery.append(time.perf_counter() - t0)
-        times: dict[str, list[float]] = {n: [] for n in shapes}
+        times: dict[tuple[str, str], list[float]] = {(n, k): [] for n in shapes for k in ("wall", "cpu")}
         for _ in range(per_model):
             for name, (shape, precision) in shapes.items():
                 req = PlacementRequest(precision=precision, strategy=rng.choice(["cost", "latency", "throughput"]),
@@ -193,31 +195,36 @@ def bench_cluster_scale(nodes: int = 5000, runs: int = 3, per_model: int = 40) -
                                        context_length=rng.choice([2048, 4096, 8192]),
                                        replicas=rng.choice([1, 2, 4]),
                                        slo_min_tokens_per_s=rng.choice([0.0, 10.0]))
-                t0 = time.perf_counter()
+                c0, t0 = time.thread_time(), time.perf_counter()
                 plan_placement(shape, pools, req)
-                times[name].append(time.perf_counter() - t0)
+                times[(name, "wall")].append(time.perf_counter() - t0)
+                times[(name, "cpu")].append(time.thread_time() - c0)
         line = [f"  run {run + 1}: discovery {discovery[-1] * 1e3:6.0f} ms ({len(pools)} pools)"]
         for group, names in groups.items():
-            xs = [t for n in names for t in times[n]]
-            stats[group].append((_pct(xs, 0.5), _pct(xs, 0.99)))
-            line.append(f"{group}: p50 {stats[group][-1][0] * 1e3:.2f} / p99 {stats[group][-1][1] * 1e3:.2f} ms")
-        print("; ".join(line))
+            for kind in ("wall", "cpu"):
+                xs = [t for n in names for t in times[(n, kind)]]
+                stats[(group, kind)].append((_pct(xs, 0.5), _pct(xs, 0.99)))
+            (w50, w99), (c50, c99) = stats[(group, "wall")][-1], stats[(group, "cpu")][-1]
+            line.append(f"{group}: wall p50 {w50 * 1e3:.2f} / p99 {w99 * 1e3:.2f} ms, "
+                        f"cpu p50 {c50 * 1e3:.2f} / p99 {c99 * 1e3:.2f} ms")
+        print(";\n    ".join(line))
 
     def spread(xs: list[float]) -> str:
         return f"{statistics.median(xs) * 1e3:.2f} ms ({min(xs) * 1e3:.2f}-{max(xs) * 1e3:.2f})"
 
     print(f"  median (range) of {runs} runs; discovery once per cycle: {spread(discovery)}")
     for group in groups:
-        p50 = [a for a, _ in stats[group]]
-        p99 = [b for _, b in stats[group]]
-        print(f"    {group:38s} p50 {spread(p50)}, p99 {spread(p99)} (goal p99 <= 5 ms)")
+        for kind in ("wall", "cpu"):
+            p50 = [a for a, _ in stats[(group, kind)]]
+            p99 = [b for _, b in stats[(group, kind)]]
+            print(f"    {group:38s} {kind:4s} p50 {spread(p50)}, p99 {spread(p99)} (goal p99 <= 5 ms)")
 
 
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] == ["--scale"]:
-        bench_cluster_scale()
+    if sys.argv[1:2] == ["--scale"]:
+        bench_cluster_scale(runs=int(sys.argv[2]) if len(sys.argv) > 2 else 3)
         raise SystemExit(0)
     bench_speed()
     bench_cost(f"all {len(MIXED_POOLS)} pools")

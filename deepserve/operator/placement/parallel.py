@@ -40,6 +40,7 @@ from deepserve.operator.placement.planner import (
     Candidate,
     PlacementPlan,
     PlacementRequest,
+    new_candidate,
     serving_precision,
     strategy_key,
 )
@@ -136,6 +137,74 @@ class Communication:
         return comm / (comm + self.prefill_compute_s)
 
 
+class ReplicaModel:
+    """One (accelerator, precision, TP, GPUs per node) of one plan, for any number of stages.
+
+    Everything but the pipeline sends is the same at every stage count: the single-node
+    estimate, the TP all-reduces, the fabrics, the per-GPU weight and KV bytes. They are
+    computed once here, and the pipeline sends are running sums over stage boundaries in
+    the order :func:`communication` always added them, so a layout of ``pp`` stages costs
+    O(1) and gives bit-for-bit the figures a fresh computation gives.
+    """
+
+    def __init__(self, shape: ModelShape, acc: Accelerator, precision: str, tp: int,
+                 gpus_per_node: int, work: Workload,
+                 factors: EfficiencyFactors = DEFAULT_FACTORS) -> None:
+        self.shape, self.tp, self.gpus_per_node, self.factors = shape, tp, gpus_per_node, factors
+        self.intra, self.inter = intra_node_fabric(acc), inter_node_fabric(acc)
+        self.base = estimate(shape, acc, precision, tp, work, factors)
+        tp_fabric = self.intra if tp <= gpus_per_node else self.inter
+        tp_latency = factors.allreduce_latency_s
+        if tp > gpus_per_node:  # hops between nodes: the ring crosses the fabric 2(n-1) times
+            tp_latency += 2 * (tp // gpus_per_node - 1) * self.inter.latency_us * 1e-6
+
+        def tp_s(tokens: int) -> float:
+            one = allreduce_s(tokens * shape.hidden_size * ACTIVATION_BYTES, tp, tp_fabric,
+                              tp_latency, factors.interconnect)
+            return 2 * shape.layers * one
+
+        self.batch, self.prompt = work.concurrency, work.prompt_tokens
+        self.decode_tp_s, self.prefill_tp_s = tp_s(self.batch), tp_s(self.prompt)
+        self.intra_tp = 2 * shape.layers * allreduce_s(
+            self.batch * shape.hidden_size * ACTIVATION_BYTES, tp, self.intra,
+            factors.allreduce_latency_s, factors.interconnect) if tp > 1 else 0.0
+        self.intra_tp_prefill = 2 * shape.layers * allreduce_s(
+            self.prompt * shape.hidden_size * ACTIVATION_BYTES, tp, self.intra,
+            factors.allreduce_latency_s, factors.interconnect) if tp > 1 else 0.0
+        self._sends: dict[int, list[float]] = {}  # tokens -> sums over the first k boundaries
+        native = engine_fp8_native(acc)
+        self.weight_bytes = weight_bytes_per_gpu(shape, precision, tp, native)
+        self.kv_bytes = kv_cache_bytes_per_gpu(shape, precision, tp,
+                                               work.concurrency * work.context_length)
+        chunk = min(work.prompt_tokens, factors.prefill_chunk_tokens)
+        self.activation_bytes = chunk * shape.hidden_size * factors.activation_bytes_per_hidden / tp
+
+    def pp_s(self, tokens: int, pp: int) -> float:
+        """Seconds of the ``pp - 1`` stage sends of ``tokens`` activations."""
+        sums = self._sends.setdefault(tokens, [0.0])
+        while len(sums) < pp:
+            boundary = len(sums)
+            link = self.inter if (boundary * self.tp) % self.gpus_per_node == 0 else self.intra
+            sums.append(sums[-1] + (link.latency_us * 1e-6 + tokens * self.shape.hidden_size
+                                    * ACTIVATION_BYTES
+                                    / (link.bandwidth_gbs * 1e9 * self.factors.interconnect)))
+        return sums[pp - 1]
+
+    def communication(self, pp: int) -> Communication:
+        """Compute and communication seconds of a replica of ``pp`` stages."""
+        base = self.base
+        return Communication(
+            decode_compute_s=base.decode_step_s - self.intra_tp, decode_tp_s=self.decode_tp_s,
+            decode_pp_s=self.pp_s(self.batch, pp),
+            prefill_compute_s=base.prefill_s - self.intra_tp_prefill,
+            prefill_tp_s=self.prefill_tp_s, prefill_pp_s=self.pp_s(self.prompt, pp))
+
+    def memory_gib_per_gpu(self, pp: int) -> float:
+        """GiB one GPU of a ``tp x pp`` replica needs: its stage's weight and KV shard."""
+        weights, kv = self.weight_bytes / pp, self.kv_bytes / pp
+        return (weights + kv + self.activation_bytes) / GIB + self.factors.runtime_overhead_gib
+
+
 def communication(shape: ModelShape, acc: Accelerator, precision: str, tp: int, pp: int,
                   gpus_per_node: int, work: Workload,
                   factors: EfficiencyFactors = DEFAULT_FACTORS) -> tuple[Communication, Estimate]:
@@ -146,38 +215,8 @@ def communication(shape: ModelShape, acc: Accelerator, precision: str, tp: int, 
     inter-node fabric when TP exceeds a node; each of the ``pp - 1`` stage boundaries
     sends one activation per token, over NVLink when both stages share a node.
     """
-    intra, inter = intra_node_fabric(acc), inter_node_fabric(acc)
-    base = estimate(shape, acc, precision, tp, work, factors)
-    tp_fabric = intra if tp <= gpus_per_node else inter
-    tp_latency = factors.allreduce_latency_s
-    if tp > gpus_per_node:  # hops between nodes: the ring crosses the fabric 2(n-1) times
-        tp_latency += 2 * (tp // gpus_per_node - 1) * inter.latency_us * 1e-6
-
-    def tp_s(tokens: int) -> float:
-        one = allreduce_s(tokens * shape.hidden_size * ACTIVATION_BYTES, tp, tp_fabric,
-                          tp_latency, factors.interconnect)
-        return 2 * shape.layers * one
-
-    def pp_s(tokens: int) -> float:
-        total = 0.0
-        for boundary in range(1, pp):
-            link = inter if (boundary * tp) % gpus_per_node == 0 else intra
-            total += (link.latency_us * 1e-6 + tokens * shape.hidden_size * ACTIVATION_BYTES
-                      / (link.bandwidth_gbs * 1e9 * factors.interconnect))
-        return total
-
-    batch, prompt = work.concurrency, work.prompt_tokens
-    intra_tp = 2 * shape.layers * allreduce_s(batch * shape.hidden_size * ACTIVATION_BYTES, tp,
-                                              intra, factors.allreduce_latency_s,
-                                              factors.interconnect) if tp > 1 else 0.0
-    intra_tp_prefill = 2 * shape.layers * allreduce_s(
-        prompt * shape.hidden_size * ACTIVATION_BYTES, tp, intra, factors.allreduce_latency_s,
-        factors.interconnect) if tp > 1 else 0.0
-    comm = Communication(
-        decode_compute_s=base.decode_step_s - intra_tp, decode_tp_s=tp_s(batch),
-        decode_pp_s=pp_s(batch), prefill_compute_s=base.prefill_s - intra_tp_prefill,
-        prefill_tp_s=tp_s(prompt), prefill_pp_s=pp_s(prompt))
-    return comm, base
+    model = ReplicaModel(shape, acc, precision, tp, gpus_per_node, work, factors)
+    return model.communication(pp), model.base
 
 
 def memory_gib_per_gpu(shape: ModelShape, precision: str, tp: int, pp: int, work: Workload,
@@ -226,45 +265,45 @@ def node_layouts(shape: ModelShape, pool: PoolOffer, max_tp: int) -> list[tuple[
     return out
 
 
-def _whole_node_capacity(pool: PoolOffer, nodes: int) -> int:
-    free = pool.whole_free_nodes()  # per-pool aggregate, computed once
-    return (free + max(0, pool.max_nodes - pool.nodes)) // nodes
-
-
-def _candidate(shape: ModelShape, pool: PoolOffer, acc: Accelerator, precision: str,
-               layout: tuple[int, int, int], request: PlacementRequest, work: Workload,
-               factors: EfficiencyFactors) -> MultiNodeCandidate:
+def _candidate(pool: PoolOffer, acc: Accelerator, precision: str, layout: tuple[int, int, int],
+               request: PlacementRequest, work: Workload, model: ReplicaModel,
+               whole_nodes: int) -> MultiNodeCandidate:
+    """One layout rated; ``whole_nodes``: the pool's free whole nodes plus those it may add."""
     tp, pp, nodes = layout
     gpus = tp * pp
-    need = memory_gib_per_gpu(shape, precision, tp, pp, work, acc, factors)
-    common: dict[str, Any] = dict(pool=pool.name, accelerator_id=acc.id, tensor_parallel=tp,
-                                  gpus_per_replica=gpus, precision=precision,
-                                  memory_gib_per_gpu=need, currency=pool.currency,
-                                  node_selector=dict(pool.node_selector), pipeline_parallel=pp,
-                                  nodes_per_replica=nodes)
-    usable = acc.memory_gib * factors.memory_utilization
+    need = model.memory_gib_per_gpu(pp)
+    common: dict[str, Any] = {
+        "pool": pool.name, "accelerator_id": acc.id, "tensor_parallel": tp,
+        "gpus_per_replica": gpus, "precision": precision, "memory_gib_per_gpu": need,
+        "currency": pool.currency, "node_selector": dict(pool.node_selector),
+        "pipeline_parallel": pp, "nodes_per_replica": nodes}
+    usable = acc.memory_gib * model.factors.memory_utilization
     if need > usable:
-        return MultiNodeCandidate(**common, rejected_code="NoPoolFits", rejected_reason=(
-            f"needs {need:.1f} GiB per GPU at TP={tp} x PP={pp}, {acc.name} offers {usable:.1f}"))
-    if _whole_node_capacity(pool, nodes) < request.replicas:
-        return MultiNodeCandidate(**common, rejected_code="NoCapacity", rejected_reason=(
-            f"room for fewer than {request.replicas} replicas of {nodes} whole nodes"))
-    comm, _ = communication(shape, acc, precision, tp, pp, pool.gpus_per_node, work, factors)
+        return new_candidate(MultiNodeCandidate, {**common, "rejected_code": "NoPoolFits", "rejected_reason": (
+            f"needs {need:.1f} GiB per GPU at TP={tp} x PP={pp}, {acc.name} offers {usable:.1f}")})
+    if whole_nodes // nodes < request.replicas:
+        return new_candidate(MultiNodeCandidate, {**common, "rejected_code": "NoCapacity", "rejected_reason": (
+            f"room for fewer than {request.replicas} replicas of {nodes} whole nodes")})
+    comm = model.communication(pp)
     decode = comm.decode_compute_s + comm.decode_tp_s + comm.decode_pp_s
     prefill = comm.prefill_compute_s + comm.prefill_tp_s + comm.prefill_pp_s
     batch, gen = work.concurrency, work.generated_tokens
     throughput = batch * (work.prompt_tokens + gen) / (batch * prefill + gen * decode)
     cost = (pool.price_per_gpu_hour * gpus / 3600.0 / throughput * 1e6
             if pool.price_per_gpu_hour is not None else None)
-    inter = inter_node_fabric(acc)
-    text = (f"TP={tp} inside each node ({intra_node_fabric(acc).name}), PP={pp} stages over "
-            f"{nodes} nodes ({inter.name.split(',')[0]}): {need:.0f} GiB per GPU; communication "
+    text = (f"TP={tp} inside each node ({model.intra.name}), PP={pp} stages over "
+            f"{nodes} nodes ({model.inter.name.split(',')[0]}): {need:.0f} GiB per GPU; communication "
             f"{comm.decode_share:.0%} of a decode step, {comm.prefill_share:.0%} of a prefill")
-    return MultiNodeCandidate(
-        **common, decode_tokens_per_s=batch / decode, per_request_tokens_per_s=1.0 / decode,
-        prefill_tokens_per_s=work.prompt_tokens / prefill, ttft_ms=prefill * 1e3,
-        request_latency_ms=(prefill + gen * decode) * 1e3, replica_tokens_per_s=throughput,
-        cost_per_million_tokens=cost, communication_share=comm.decode_share, explanation=text)
+    per_request = 1.0 / decode
+    slo = request.slo_min_tokens_per_s
+    missed = bool(slo) and per_request < slo
+    return new_candidate(MultiNodeCandidate, {
+        **common, "decode_tokens_per_s": batch / decode, "per_request_tokens_per_s": per_request,
+        "prefill_tokens_per_s": work.prompt_tokens / prefill, "ttft_ms": prefill * 1e3,
+        "request_latency_ms": (prefill + gen * decode) * 1e3, "replica_tokens_per_s": throughput,
+        "cost_per_million_tokens": cost, "communication_share": comm.decode_share,
+        "explanation": text, "rejected_code": "SLONotMet" if missed else None,
+        "rejected_reason": "per-request tokens/s below the SLO" if missed else None})
 
 
 def plan_multi_node(shape: ModelShape, pools: Sequence[PoolOffer], request: PlacementRequest,
@@ -275,6 +314,8 @@ def plan_multi_node(shape: ModelShape, pools: Sequence[PoolOffer], request: Plac
     Called by the planner when no single node holds a replica; ``rejected`` are its
     single-node rejections, ranked after the multi-node options in the returned plan.
     A fixed ``gpusPerReplica`` is honoured (only layouts of exactly that many GPUs).
+    What does not depend on the node count (estimates, fabrics, the pool's free whole
+    nodes) is computed once per pool and TP degree (:class:`ReplicaModel`).
     """
     work = request.workload()
     feasible: list[Candidate] = []
@@ -292,19 +333,22 @@ def plan_multi_node(shape: ModelShape, pools: Sequence[PoolOffer], request: Plac
             continue
         if pool.price_per_gpu_hour is not None and pool.currency != request.currency:
             continue
+        whole_nodes = pool.whole_free_nodes() + max(0, pool.max_nodes - pool.nodes)
+        models: dict[int, ReplicaModel] = {}
         no_room: set[int] = set()  # TP degrees out of whole nodes: more nodes per replica fit fewer
         for layout in node_layouts(shape, pool, request.max_tp):
-            if request.gpus_per_replica is not None and layout[0] * layout[1] != request.gpus_per_replica:
+            tp = layout[0]
+            if request.gpus_per_replica is not None and tp * layout[1] != request.gpus_per_replica:
                 continue
-            if layout[0] in no_room:
+            if tp in no_room:
                 continue
-            cand = _candidate(shape, pool, acc, precision, layout, request, work, factors)
+            model = models.get(tp)
+            if model is None:
+                model = models[tp] = ReplicaModel(shape, acc, precision, tp, pool.gpus_per_node,
+                                                  work, factors)
+            cand = _candidate(pool, acc, precision, layout, request, work, model, whole_nodes)
             if cand.rejected_code == "NoCapacity":
-                no_room.add(layout[0])
-            if cand.feasible and request.slo_min_tokens_per_s and (
-                    cand.per_request_tokens_per_s < request.slo_min_tokens_per_s):
-                cand = MultiNodeCandidate(**{**cand.__dict__, "rejected_code": "SLONotMet",
-                                             "rejected_reason": "per-request tokens/s below the SLO"})
+                no_room.add(tp)
             (feasible if cand.feasible else refused).append(cand)
     if not feasible:
         return None
