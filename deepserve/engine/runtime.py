@@ -37,6 +37,7 @@ from deepserve.engine.sampling import (
     make_generator,
     sample_token,
 )
+from deepserve.engine.structured.grammar import GrammarCompiler, TokenConstraint, mask_logits
 from deepserve.engine.tokenizer import StreamDecoder, TextTokenizer
 
 __all__ = ["ChunkCallback", "GenerationChunk", "InferenceEngine", "RequestHandle", "RequestStats"]
@@ -68,6 +69,9 @@ class _Sequence:
     precision: str = ""
     reused_tokens: int = 0
     reserved_blocks: int = 0  # paged cache: blocks set aside for prompt + max_tokens
+    adapter: str | None = None  # LoRA adapter (deepserve.engine.lora); None: the base model
+    adapter_slot: int = 0  # its pool slot while admitted (0: the base model)
+    constraint: TokenConstraint | None = None  # response_format: the grammar's state
 
 
 class InferenceEngine:
@@ -102,6 +106,9 @@ class InferenceEngine:
         else:
             model.setup_caches(slots, self.max_seq_len, KV_CACHE_DTYPES[kv_cache_dtype])
         self.slots = slots
+        # structured output: xgrammar is loaded by the first constrained request
+        self.grammars = GrammarCompiler(tokenizer, model.args.vocab_size)
+        self._bitmask: torch.Tensor | None = None
         self._free = list(range(slots))  # a min-heap: running sequences stay in low slots
         self._running: dict[int, _Sequence] = {}
         self._waiting: collections.deque[_Sequence] = collections.deque()
@@ -147,17 +154,24 @@ class InferenceEngine:
 
     def submit(self, prompt: str, params: SamplingParams, request_id: str | None = None,
                on_chunk: ChunkCallback | None = None,
-               is_cancelled: Callable[[], bool] | None = None) -> RequestHandle:
+               is_cancelled: Callable[[], bool] | None = None,
+               adapter: str | None = None) -> RequestHandle:
         """Queue a request and return its handle; invalid requests raise at once.
 
         Chunks go to ``on_chunk`` (called on the engine thread) or, when it is None, to
         the handle. ``is_cancelled`` is polled every step (e.g. the client disconnected).
+        ``adapter`` names one of the model's LoRA adapters (loaded on first use).
         """
         ids = self.validate(prompt, params)
+        if adapter is not None:
+            self.features.check_adapter(adapter)
         rid = request_id or f"req-{next(self._ids)}"
         handle = RequestHandle(rid)
         seq = _Sequence(rid, ids, params, handle, StreamDecoder(self.tokenizer, params.stop),
-                        on_chunk, is_cancelled, make_generator(params, self.device))
+                        on_chunk, is_cancelled, make_generator(params, self.device),
+                        adapter=adapter)
+        if params.response_format is not None:  # compiled here: a bad grammar is refused at once
+            seq.constraint = self.grammars.constraint(params.response_format)
         with self._lock:
             self._waiting.append(seq)
             self._lock.notify_all()
@@ -222,6 +236,8 @@ class InferenceEngine:
                 if cache is not None:
                     cache.store(seq.slot, seq.prompt_ids)
             seq.next_pos = len(seq.prompt_ids)
+            if seq.constraint is not None:
+                self._constrain(logits.unsqueeze(0), {0: seq.constraint})
             self._accept(seq, sample_token(logits, seq.params, seq.generator))
 
     def _decode_all(self) -> None:
@@ -236,12 +252,22 @@ class InferenceEngine:
                 {slot: seq.next_pos + 1 for slot, seq in self._running.items()}, width).to(self.device)
             logits = self.decoder(tokens.to(self.device), positions.to(self.device), key=precision,
                                   table=table)
+        self._constrain(logits, {slot: seq.constraint for slot, seq in self._running.items()
+                                 if seq.constraint is not None})
         greedy = logits.argmax(dim=-1).tolist()  # one device sync for every greedy sequence
         for slot, seq in list(self._running.items()):
             seq.next_pos += 1
             token = greedy[slot] if seq.params.greedy else sample_token(
                 logits[slot], seq.params, seq.generator)
             self._accept(seq, token)
+
+    def _constrain(self, logits: torch.Tensor, rows: dict[int, TokenConstraint]) -> None:
+        """Mask ``logits`` [B, V] in place to what each constrained row's grammar allows."""
+        if not rows:
+            return
+        if self._bitmask is None:
+            self._bitmask = self.grammars.bitmask(self.slots)
+        mask_logits(self.grammars, logits, rows, self._bitmask)
 
     def _accept(self, seq: _Sequence, token: int) -> None:
         """Record one generated token and emit text or finish the sequence."""
@@ -250,12 +276,17 @@ class InferenceEngine:
         seq.generated += 1
         seq.last_token = token
         seq.output_ids.append(token)
+        if seq.constraint is not None and not seq.constraint.accept(token):  # masked: cannot happen
+            self._finish(seq, "error", seq.decoder.flush(), error=f"token {token} is outside the grammar")
+            return
         if token in self.tokenizer.eos_ids and not seq.params.ignore_eos:
             self._finish(seq, "stop", seq.decoder.flush())
             return
         piece = seq.decoder.push(token)
         if seq.decoder.stopped:
             self._finish(seq, "stop", piece)
+        elif seq.constraint is not None and seq.constraint.finished:  # nothing more fits
+            self._finish(seq, "stop", piece + seq.decoder.flush())
         elif seq.generated >= seq.params.max_tokens or seq.next_pos + 1 >= self.max_seq_len:
             self._finish(seq, "length", piece + seq.decoder.flush())
         elif piece:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from deepserve.engine.structured.spec import ResponseFormat
+
 
 class InvalidRequestError(ValueError):
     """A request parameter is out of range; ``field`` names it (maps to HTTP 400)."""
@@ -27,6 +29,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    response_format: ResponseFormat | None = None  # output constrained to a grammar
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -41,6 +44,8 @@ class SamplingParams:
             raise InvalidRequestError("seed", f"must be in [0, 2^63), got {self.seed}")
         if any(not isinstance(s, str) or not s for s in self.stop) or len(self.stop) > 16:
             raise InvalidRequestError("stop", "must be at most 16 non-empty strings")
+        if self.stop and self.response_format is not None:  # a stop string would cut the grammar
+            raise InvalidRequestError("stop", "cannot be combined with response_format")
 
     @property
     def greedy(self) -> bool:
