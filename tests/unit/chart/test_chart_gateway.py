@@ -17,15 +17,20 @@ def _gateway(out: Any, kind: str) -> dict[str, Any]:
     return found[0]
 
 
-def test_off_by_default(render) -> None:
+def test_on_by_default_and_off_on_request(render) -> None:
     out = render()
     assert out.returncode == 0, out.stderr
-    assert not [d for d in out.docs if "gateway" in d["metadata"]["name"]]
+    assert _gateway(out, "Deployment")["spec"]["replicas"] == 2
+    off = render({"gateway": {"enabled": False}})
+    assert off.returncode == 0, off.stderr
+    assert not [d for d in off.docs if "gateway" in d["metadata"]["name"]]
+    assert off.one("Deployment")  # the operator still renders
 
 
-def test_gateway_renders_what_a_front_door_needs(render, lint) -> None:
-    values = {"gateway": {"enabled": True}}
-    assert lint(values).returncode == 0
+@pytest.mark.parametrize("values", [None, {"gateway": {"enabled": True}}])
+def test_gateway_renders_what_a_front_door_needs(render, lint, values: dict[str, Any] | None) -> None:
+    proc = lint(values)
+    assert proc.returncode == 0 and "[WARNING]" not in proc.stdout, proc.stdout + proc.stderr
     out = render(values)
     assert out.returncode == 0, out.stderr
     dep = _gateway(out, "Deployment")
@@ -54,6 +59,13 @@ def test_gateway_renders_what_a_front_door_needs(render, lint) -> None:
     svc = _gateway(out, "Service")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"][0]["targetPort"] == "gateway"
+    # /metrics on a Service of its own (the admin port), never on the public Service.
+    metrics_svc = next(d for d in out.of_kind("Service") if d["metadata"]["name"].endswith("-gateway-metrics"))
+    assert metrics_svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert [(p["name"], p["port"], p["targetPort"]) for p in metrics_svc["spec"]["ports"]] == [
+        ("metrics", 9090, "metrics")]
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["gateway"]
+    assert not out.of_kind("ServiceMonitor")  # only with serviceMonitor.enabled
     pdb = _gateway(out, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
@@ -108,3 +120,17 @@ def test_tls_redis_and_namespaces(render) -> None:
 def test_bad_gateway_values_fail_naming_the_key(render, values: dict[str, Any], path: str) -> None:
     out = render(values)
     assert out.returncode != 0 and path in out.stderr, out.stderr
+
+
+def test_service_monitor_scrapes_the_gateway_metrics_port(render) -> None:
+    out = render({"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}})
+    assert out.returncode == 0, out.stderr
+    monitor = next(d for d in out.of_kind("ServiceMonitor") if d["metadata"]["name"].endswith("-gateway"))
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    metrics_svc = next(d for d in out.of_kind("Service") if d["metadata"]["name"].endswith("-gateway-metrics"))
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert all(metrics_svc["metadata"]["labels"].get(k) == v for k, v in selector.items())
+    public = _gateway(out, "Service")
+    assert not all(public["metadata"]["labels"].get(k) == v for k, v in selector.items())
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.unit
 NAMESPACE = "deepserve-system"  # the namespace conftest renders into
 
 DEFAULT_KINDS = {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
-                 "PersistentVolumeClaim", "Secret", "NetworkPolicy", "PodDisruptionBudget"}
+                 "PersistentVolumeClaim", "Secret", "NetworkPolicy", "PodDisruptionBudget",
+                 "Role", "RoleBinding"}  # the gateway's (on by default) Secrets Role in the keys namespace
 
 
 def test_lint_is_clean_with_defaults_and_all_features(lint, chart_copy, all_features) -> None:
