@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-GROUPS = ("dev", "operator", "plan", "engine", "billing", "scale", "models", "keys", "gateway")
+GROUPS = ("dev", "operator", "plan", "engine", "billing", "scale", "models", "keys", "tenants", "gateway")
 
 log = logging.getLogger("deepserve")
 
