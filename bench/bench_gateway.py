@@ -25,6 +25,17 @@ runs), and this load generator. Per run:
 
 Prints median and range (min-max) over ``--runs`` runs. On a shared 2-core machine the
 load generator itself competes for CPU: the figures are an upper bound on the overhead.
+
+``--pinned`` measures instead what one gateway process does with one core to itself: the
+gateway is pinned to CPU 0, and an instant pod and the load generator written in Go
+(``bench/gateway_load``, standard library only, a few tens of µs per request; built with the
+local ``go``) share CPU 1. A Python load generator costs about as much per request as the
+gateway, so it cannot drive one gateway process to its limit on two cores. Per run: max
+non-streaming req/s of the one process (32 callers) and its CPU µs per request; p50/p99
+direct to the pod and through the gateway at ``--rate`` (default 1,000) req/s open loop;
+streaming time to the first SSE event at ``--stream-rate``; with ``--litellm``, LiteLLM's
+proxy pinned to the same core in front of the same pod, chat completions (max req/s; p50/p99
+at ``--lite-rate``), beside the gateway's chat figures.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -141,10 +153,14 @@ def _write_port(path: str, port: int) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _spawn(role: str, *args: str, tree: str = "") -> tuple[subprocess.Popen[bytes], str]:
+def _spawn(role: str, *args: str, tree: str = "", cpus: set[int] | None = None,
+           cmd: list[str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a server process (this file's ``--serve role``, or ``cmd`` given ``-port-file``);
+    returns it and its URL once it has written its port. ``cpus``: pin it to those CPUs."""
     port_file = f"/tmp/bench-gateway-{os.getpid()}-{role}{'-base' if tree else ''}.port"
     env = {**os.environ, "PYTHONPATH": tree} if tree else None  # import deepserve from ``tree``
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", role, port_file, *args], env=env)
+    argv = [*cmd, "-port-file", port_file] if cmd else [sys.executable, __file__, "--serve", role, port_file, *args]
+    proc = subprocess.Popen(argv, env=env, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     deadline = time.monotonic() + 30
     while not os.path.exists(port_file):
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -156,7 +172,7 @@ def _spawn(role: str, *args: str, tree: str = "") -> tuple[subprocess.Popen[byte
     return proc, f"http://127.0.0.1:{port}"
 
 
-def _start_litellm(binary: str, pod_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def _start_litellm(binary: str, pod_url: str, cpus: set[int] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """LiteLLM's proxy (its own venv) in front of the pod: master key only, no database."""
     import socket
     import tempfile
@@ -172,8 +188,11 @@ def _start_litellm(binary: str, pod_url: str) -> tuple[subprocess.Popen[bytes], 
     litellm_params: {{model: openai/bench/tiny, api_base: "{pod_url}/v1", api_key: none}}
 general_settings: {{master_key: {LITELLM_KEY}}}
 """)
+    # no network here: its price map from the wheel, not a download at start
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     proc = subprocess.Popen([binary, "--config", config, "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300  # it imports a lot: minutes on a busy machine
     while time.monotonic() < deadline:
@@ -375,6 +394,109 @@ async def bench(args: argparse.Namespace, pod: str, gw: str, lite: str | None, b
         print(summary(key, values, unit))
 
 
+# ---- --pinned: one gateway process on one core, Go load and pod on the other --------------
+def build_go_load() -> str:
+    """Build ``bench/gateway_load`` (Go standard library only) into the user cache; its path."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gateway_load", "main.go")
+    out = os.path.expanduser("~/.cache/deepserve/bench/gateway_load")
+    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        subprocess.run(["go", "build", "-o", out, src], check=True, env={**os.environ, "GOFLAGS": "-mod=mod"})
+    return out
+
+
+def go_load(binary: str, url: str, key: str, body: dict[str, Any], *, rate: float = 0, concurrency: int = 32,
+            seconds: float = 5, stream: bool = False, cpus: set[int] | None = None) -> dict[str, Any]:
+    """One run of the Go load generator; its JSON summary (requests, errors, rps, p50_ms, p99_ms)."""
+    import json
+
+    argv = [binary, "load", "-url", url, "-key", key, "-body", json.dumps(body), "-seconds", str(seconds),
+            "-concurrency", str(concurrency), "-rate", str(rate)] + (["-stream"] if stream else [])
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=seconds + 120,
+                         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+    result: dict[str, Any] = json.loads(out.stdout)
+    if result["errors"]:
+        raise RuntimeError(f"{url}: {result['errors']} failed requests ({result.get('first_error')})")
+    return result
+
+
+def pinned(args: argparse.Namespace) -> None:
+    """The ``--pinned`` figures (see the module docstring), median and range over ``--runs``."""
+    gw_cpu, load_cpu = {0}, {1}
+    binary = build_go_load()
+    procs: list[subprocess.Popen[bytes]] = []
+    figures: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        figures.setdefault(key, []).append(value)
+
+    try:
+        pod_proc, pod = _spawn("gopod", cpus=load_cpu, cmd=[binary, "pod"])
+        procs.append(pod_proc)
+        gw_proc, gw = _spawn("gateway", pod, cpus=gw_cpu)
+        procs.append(gw_proc)
+        lite, lite_proc = None, None
+        if args.litellm:
+            lite_proc, lite = _start_litellm(args.litellm, pod, cpus=gw_cpu)
+            procs.append(lite_proc)
+            lite_proc.send_signal(signal.SIGSTOP)  # its core is the gateway's: stopped while not measured
+        print(f"pinned: gateway pid {gw_proc.pid} on CPU 0; Go pod {pod} and load on CPU 1; litellm {lite}",
+              flush=True)
+        c, ch = "/v1/completions", "/v1/chat/completions"
+
+        def run(url: str, **kw: Any) -> dict[str, Any]:
+            return go_load(binary, url, KEY if "key" not in kw else kw.pop("key"), kw.pop("body", BODY),
+                           seconds=args.seconds, cpus=load_cpu, **kw)
+
+        run(gw + c, concurrency=8)  # warm the pools
+        for i in range(args.runs):
+            before = cpu_seconds(gw_proc.pid)
+            top = run(gw + c, concurrency=args.concurrency)
+            add("gateway max req/s, one process (32 callers)", top["rps"])
+            add("gateway CPU us/request at max", (cpu_seconds(gw_proc.pid) - before) / top["requests"] * 1e6)
+            add("pod max req/s direct (32 callers)", run(pod + c, concurrency=args.concurrency)["rps"])
+            direct, through = run(pod + c, rate=args.rate), run(gw + c, rate=args.rate)
+            for q in ("p50", "p99"):
+                add(f"direct {q} ms @{args.rate:g}/s", direct[f"{q}_ms"])
+                add(f"gateway {q} ms @{args.rate:g}/s", through[f"{q}_ms"])
+                add(f"overhead {q} ms @{args.rate:g}/s", through[f"{q}_ms"] - direct[f"{q}_ms"])
+            sbody = {**BODY, "stream": True}
+            t_direct = run(pod + c, rate=args.stream_rate, stream=True, body=sbody)
+            t_gw = run(gw + c, rate=args.stream_rate, stream=True, body=sbody)
+            add(f"TTFT p50 ms direct @{args.stream_rate:g}/s", t_direct["p50_ms"])
+            add(f"TTFT p50 ms gateway @{args.stream_rate:g}/s", t_gw["p50_ms"])
+            add("TTFT added p50 ms", t_gw["p50_ms"] - t_direct["p50_ms"])
+            if lite is not None:
+                for name, url, key in (("gateway", gw, KEY), ("litellm", lite, LITELLM_KEY)):
+                    if name == "litellm" and lite_proc is not None:
+                        lite_proc.send_signal(signal.SIGCONT)
+                        gw_proc.send_signal(signal.SIGSTOP)  # likewise, while LiteLLM is measured
+                    add(f"chat max req/s {name}", run(url + ch, key=key, body=CHAT,
+                                                      concurrency=args.concurrency)["rps"])
+                    at = run(url + ch, key=key, body=CHAT, rate=args.lite_rate)
+                    add(f"chat p50 ms {name} @{args.lite_rate:g}/s", at["p50_ms"])
+                    add(f"chat p99 ms {name} @{args.lite_rate:g}/s", at["p99_ms"])
+                if lite_proc is not None:
+                    lite_proc.send_signal(signal.SIGSTOP)
+                    gw_proc.send_signal(signal.SIGCONT)
+                add("chat max req/s gateway / litellm", figures["chat max req/s gateway"][-1]
+                    / figures["chat max req/s litellm"][-1])
+            print(f"run {i + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in figures.items()),
+                  flush=True)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+    for key, values in figures.items():
+        unit = "x" if " / " in key else ("ms" if " ms" in key else ("us" if " us/" in key else "req/s"))
+        print(summary(key, values, unit))
+
+
 def main() -> None:
     """Start the pod and the gateway processes, run the load, print the figures."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -388,8 +510,15 @@ def main() -> None:
     p.add_argument("--lite-rate", type=float, default=100.0, help="fixed rate of the side by side")
     p.add_argument("--baseline-tree", default="", help="a source tree holding an older deepserve/ "
                    "(e.g. from `git archive`): its gateway is measured beside this one in the same run")
+    p.add_argument("--pinned", action="store_true", help="one gateway process pinned to CPU 0, Go load "
+                   "generator and pod on CPU 1 (needs `go`); --rate defaults to 1000 there")
     p.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.pinned and not args.serve:
+        if args.rate == 200.0:
+            args.rate = 1000.0
+        pinned(args)
+        return
     if args.serve:
         role, port_file, *rest = args.serve
         serve_pod(port_file) if role == "pod" else serve_gateway(port_file, rest[0])
