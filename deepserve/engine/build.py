@@ -63,5 +63,5 @@ def build_engine(options: EngineOptions) -> InferenceEngine:
         max_input_tokens=options.max_input_tokens,
         max_new_tokens_limit=options.max_new_tokens_limit, precision=features.precision,
         compile_decode=compile_decode, features=features, kv_cache_dtype=options.kv_cache_dtype,
-        kv_page_tokens=options.kv_page_tokens,
+        kv_page_tokens=options.kv_page_tokens, prefill_chunk_tokens=options.prefill_chunk_tokens,
         kv_blocks=options.kv_cache_tokens // options.kv_page_tokens if options.kv_page_tokens else 0)

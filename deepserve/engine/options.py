@@ -89,6 +89,7 @@ class EngineOptions:
     compile: bool = False
     kv_cache_dtype: str = "auto"  # "fp8": E4M3 KV cache, half the bytes (issue #19.3)
     kv_page_tokens: int = 0  # > 0: paged KV cache with blocks of this many tokens (issue #19.3)
+    prefill_chunk_tokens: int = 0  # > 0: prompt tokens prefilled per step between decodes (#19.4)
     served_model: str = ""
     served_version: str = "1"
     namespace: str = ""
@@ -132,6 +133,7 @@ class EngineOptions:
         if not isinstance(self.compile, bool):
             raise EngineOptionsError("compile", "must be a boolean")
         _require_int("kv_page_tokens", self.kv_page_tokens, 0, 4096)
+        _require_int("prefill_chunk_tokens", self.prefill_chunk_tokens, 0)
         if self.kv_cache_dtype not in ("auto", "fp8"):
             raise EngineOptionsError("kv_cache_dtype", f"must be 'auto' or 'fp8', got {self.kv_cache_dtype!r}")
 

@@ -187,14 +187,27 @@ class PagedSlots:
 
     def prefill(self, model: Transformer, slot: int, prompt_ids: Sequence[int]) -> tuple[torch.Tensor, int]:
         """Map cached prompt blocks, prefill the rest; (last logits [V], prompt rows reused)."""
-        key = str(slot)
-        reused = self.tables.add(key, prompt_ids)
-        self.tables.grow(key, len(prompt_ids))
-        table = self.tables.table([key], self.width, model.lm_head.weight.device)
-        logits = prefill_paged(model, torch.tensor(list(prompt_ids[reused:]), dtype=torch.long),
-                               table, start_pos=reused)
-        self.tables.publish(key, prompt_ids)
+        reused = self.begin(slot, prompt_ids)
+        logits = self.prefill_chunk(model, slot, prompt_ids[reused:], reused)
+        self.finish_prefill(slot, prompt_ids)
         return logits, reused
+
+    def begin(self, slot: int, prompt_ids: Sequence[int]) -> int:
+        """Start the sequence in ``slot``: map the cached blocks its prompt begins with;
+        returns the prompt rows they hold (the prefill starts there)."""
+        return self.tables.add(str(slot), prompt_ids)
+
+    def prefill_chunk(self, model: Transformer, slot: int, tokens: Sequence[int], start: int) -> torch.Tensor:
+        """Prefill prompt ``tokens`` at rows ``start..`` of ``slot`` (taking blocks as needed;
+        chunked prefill calls this once per chunk); returns the chunk's last logits [V]."""
+        key = str(slot)
+        self.tables.grow(key, start + len(tokens))
+        table = self.tables.table([key], self.width, model.lm_head.weight.device)
+        return prefill_paged(model, torch.tensor(list(tokens), dtype=torch.long), table, start_pos=start)
+
+    def finish_prefill(self, slot: int, prompt_ids: Sequence[int]) -> None:
+        """The whole prompt is in the cache: offer its full blocks to later requests."""
+        self.tables.publish(str(slot), prompt_ids)
 
     def step_table(self, next_rows: dict[int, int], width: int) -> torch.Tensor:
         """Block tables of slots ``0..width-1`` for a decode step (``next_rows``: running

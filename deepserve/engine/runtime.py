@@ -30,6 +30,7 @@ from deepserve.engine.features import EngineFeatures
 from deepserve.engine.generate import prefill
 from deepserve.engine.model.transformer import Transformer
 from deepserve.engine.paged_kv import PagedSlots
+from deepserve.engine.prefix_cache import PrefixCache
 from deepserve.engine.requests import ChunkCallback, GenerationChunk, RequestHandle, RequestStats
 from deepserve.engine.sampling import (
     InvalidRequestError,
@@ -69,6 +70,7 @@ class _Sequence:
     precision: str = ""
     reused_tokens: int = 0
     reserved_blocks: int = 0  # paged cache: blocks set aside for prompt + max_tokens
+    prefill_pos: int | None = None  # prompt rows in the cache while prefilling; None: decoding
     adapter: str | None = None  # LoRA adapter (deepserve.engine.lora); None: the base model
     adapter_slot: int = 0  # its pool slot while admitted (0: the base model)
     constraint: TokenConstraint | None = None  # response_format: the grammar's state
@@ -81,7 +83,8 @@ class InferenceEngine:
                  max_input_tokens: int, max_new_tokens_limit: int, precision: str = "fp32",
                  compile_decode: bool = False, features: EngineFeatures | None = None,
                  warm_up: bool | None = None, kv_cache_dtype: str = "auto",
-                 kv_page_tokens: int = 0, kv_blocks: int = 0) -> None:
+                 kv_page_tokens: int = 0, kv_blocks: int = 0,
+                 prefill_chunk_tokens: int = 0) -> None:
         self.model, self.tokenizer = model, tokenizer
         # features (sparse attention, adaptive precision, prefix cache); all off by default
         self.features = features or EngineFeatures(precision=precision)
@@ -106,6 +109,11 @@ class InferenceEngine:
         else:
             model.setup_caches(slots, self.max_seq_len, KV_CACHE_DTYPES[kv_cache_dtype])
         self.slots = slots
+        if prefill_chunk_tokens < 0:
+            raise ValueError(f"prefill_chunk_tokens: must be >= 0, got {prefill_chunk_tokens}")
+        # > 0: at most this many prompt tokens are prefilled per step, between decode steps
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self._prefilling: collections.deque[_Sequence] = collections.deque()  # admission order
         # structured output: xgrammar is loaded by the first constrained request
         self.grammars = GrammarCompiler(tokenizer, model.args.vocab_size)
         self._bitmask: torch.Tensor | None = None
@@ -189,6 +197,7 @@ class InferenceEngine:
         try:
             self._retire_cancelled()
             self._admit()
+            self._prefill_some()
             if self._running:
                 self._decode_all()
         except Exception as exc:  # keep serving: fail the affected requests, not the server
@@ -223,39 +232,82 @@ class InferenceEngine:
             self._running[seq.slot] = seq
             seq.started_at, seq.started = datetime.now(UTC), time.monotonic()
             seq.precision = self.features.choose_precision(seq.prompt_ids)
+            self._begin_prefill(seq)
+            if not self.prefill_chunk_tokens:  # whole prompts, each before the next is admitted
+                self._prefill_some()
+
+    def _begin_prefill(self, seq: _Sequence) -> None:
+        """Map what the caches already hold of the prompt; queue the rest for prefill."""
+        if self.paged is not None:
+            seq.reused_tokens = self.paged.begin(seq.slot, seq.prompt_ids)
+        else:
+            cache = self._prefix_cache_for(seq)
+            seq.reused_tokens = cache.restore(seq.slot, seq.prompt_ids) if cache is not None else 0
+        seq.prefill_pos = seq.reused_tokens
+        self._prefilling.append(seq)
+
+    def _prefix_cache_for(self, seq: _Sequence) -> PrefixCache | None:
+        return self.features.prefix_cache
+
+    def _prefill_some(self) -> None:
+        """Prefill admitted prompts in admission order: all of them, or with chunked
+        prefill at most ``prefill_chunk_tokens`` prompt tokens this step (a long prompt
+        then spreads over several steps and the running sequences keep decoding)."""
+        budget = self.prefill_chunk_tokens or None
+        while self._prefilling and (budget is None or budget > 0):
+            seq = self._prefilling[0]
+            if seq.prefill_pos is None or self._running.get(seq.slot) is not seq:  # cancelled
+                self._prefilling.popleft()
+                continue
+            start, total = seq.prefill_pos, len(seq.prompt_ids)
+            end = total if budget is None else min(total, start + budget)
+            chunk = seq.prompt_ids[start:end]
+            with self.features.compute(seq.precision):
+                if self.paged is not None:
+                    logits = self.paged.prefill_chunk(self.model, seq.slot, chunk, start)
+                else:
+                    logits = prefill(self.model, torch.tensor(chunk, dtype=torch.long), seq.slot,
+                                     start_pos=start)
+            seq.prefill_pos = end
+            if budget is not None:
+                budget -= end - start
+            if end < total:
+                continue
+            self._prefilling.popleft()
             if self.paged is not None:
-                with self.features.compute(seq.precision):
-                    logits, seq.reused_tokens = self.paged.prefill(self.model, seq.slot, seq.prompt_ids)
+                self.paged.finish_prefill(seq.slot, seq.prompt_ids)
             else:
-                cache = self.features.prefix_cache
-                reused = cache.restore(seq.slot, seq.prompt_ids) if cache is not None else 0
-                seq.reused_tokens = reused
-                tokens = torch.tensor(seq.prompt_ids[reused:], dtype=torch.long)
-                with self.features.compute(seq.precision):
-                    logits = prefill(self.model, tokens, seq.slot, start_pos=reused)
+                cache = self._prefix_cache_for(seq)
                 if cache is not None:
                     cache.store(seq.slot, seq.prompt_ids)
-            seq.next_pos = len(seq.prompt_ids)
+            seq.prefill_pos, seq.next_pos = None, total
             if seq.constraint is not None:
                 self._constrain(logits.unsqueeze(0), {0: seq.constraint})
             self._accept(seq, sample_token(logits, seq.params, seq.generator))
 
     def _decode_all(self) -> None:
-        width = max(self._running) + 1  # slots 0..width-1; free ones among them decode padding
+        decoding = {slot: seq for slot, seq in self._running.items() if seq.prefill_pos is None}
+        if not decoding:
+            return
+        # slots 0..width-1; free ones among them decode padding. A slot still prefilling is
+        # inside the width (so the decoder's own padding never writes its row 0) and decodes
+        # padding at its next prompt row, which its next chunk overwrites before it is read.
+        width = max(self._running) + 1
         tokens = torch.zeros(width, dtype=torch.long)
         positions = torch.zeros(width, dtype=torch.long)
         for slot, seq in self._running.items():
-            tokens[slot], positions[slot] = seq.last_token, seq.next_pos
-        precision = self.features.batch_precision(s.precision for s in self._running.values())
+            tokens[slot] = seq.last_token
+            positions[slot] = seq.next_pos if seq.prefill_pos is None else seq.prefill_pos
+        precision = self.features.batch_precision(s.precision for s in decoding.values())
         with self.features.compute(precision):
             table = None if self.paged is None else self.paged.step_table(
-                {slot: seq.next_pos + 1 for slot, seq in self._running.items()}, width).to(self.device)
+                {slot: seq.next_pos + 1 for slot, seq in decoding.items()}, width).to(self.device)
             logits = self.decoder(tokens.to(self.device), positions.to(self.device), key=precision,
                                   table=table)
-        self._constrain(logits, {slot: seq.constraint for slot, seq in self._running.items()
+        self._constrain(logits, {slot: seq.constraint for slot, seq in decoding.items()
                                  if seq.constraint is not None})
         greedy = logits.argmax(dim=-1).tolist()  # one device sync for every greedy sequence
-        for slot, seq in list(self._running.items()):
+        for slot, seq in decoding.items():
             seq.next_pos += 1
             token = greedy[slot] if seq.params.greedy else sample_token(
                 logits[slot], seq.params, seq.generator)

@@ -11,6 +11,7 @@
 {{- end }}
 - --engine-image={{ include "deepserve.engineImage" . }}
 - --usage-endpoint={{ include "deepserve.usageEndpoint" . }}
+- --ingest-key-file={{ include "deepserve.ingestKeyDir" . }}/ingest-key
 - --gateway-api={{ ternary "auto" "off" .Values.operator.gatewayApi.enabled }}
 {{- if .Values.operator.gatewayApi.parentName }}
 - --gateway={{ .Values.operator.gatewayApi.parentNamespace }}/{{ .Values.operator.gatewayApi.parentName }}
@@ -26,7 +27,7 @@
 - --host=0.0.0.0
 - --port={{ .Values.billing.port }}
 - --token-file={{ include "deepserve.tokenDir" . }}/token
-- --ingest-key-file={{ include "deepserve.tokenDir" . }}/ingest-key
+- --ingest-key-file={{ include "deepserve.ingestKeyDir" . }}/ingest-key
 - --ledger={{ include "deepserve.ledgerPath" . }}
 {{- end }}
 

@@ -62,6 +62,12 @@ app.kubernetes.io/part-of: deepserve
 {{- default (printf "%s-billing-token" (include "deepserve.fullname" .)) .Values.billing.token.existingSecret }}
 {{- end }}
 
+{{/* The Secret holding the ingest key (the signing key of per-model usage write
+credentials): billing.token.ingestKeySecret, else the token Secret. */}}
+{{- define "deepserve.ingestKeySecretName" -}}
+{{- default (include "deepserve.tokenSecretName" .) .Values.billing.token.ingestKeySecret }}
+{{- end }}
+
 {{- define "deepserve.billingServiceName" -}}
 {{- printf "%s-billing" (include "deepserve.fullname" .) }}
 {{- end }}
@@ -82,6 +88,7 @@ app.kubernetes.io/part-of: deepserve
 {{- define "deepserve.stateDir" -}}/var/lib/deepserve{{- end }}
 {{- define "deepserve.ledgerPath" -}}/var/lib/deepserve/ledger.db{{- end }}
 {{- define "deepserve.tokenDir" -}}/var/run/secrets/deepserve/billing{{- end }}
+{{- define "deepserve.ingestKeyDir" -}}/var/run/secrets/deepserve/ingest{{- end }}
 
 {{/* Fail early on combinations the schema cannot express. */}}
 {{- define "deepserve.validate" -}}

@@ -30,9 +30,9 @@ class UsageRecorder:
     def from_options(cls, options: EngineOptions, model: str, version: str) -> UsageRecorder:
         """Open the spool in ``options.usage_spool_dir`` and start a shipper if configured.
 
-        The shipper's bearer token (the model's write credential) is read from the file
-        ``DEEPSERVE_USAGE_TOKEN_FILE`` names (the legacy ``DEEPSERVE_USAGE_TOKEN`` value
-        is used only when no file is named).
+        The shipper's bearer token (the model's write credential, a Secret the operator
+        mounts) is read from the file ``DEEPSERVE_USAGE_TOKEN_FILE`` names, before every
+        batch. The variable holds a path only: a token is never taken from the environment.
         """
         spool = shipper = None
         if options.usage_spool_dir:
@@ -40,10 +40,11 @@ class UsageRecorder:
 
             spool = UsageSpool(options.usage_spool_dir)
             if options.usage_endpoint:
-                shipper = UsageShipper(spool, options.usage_endpoint,
-                                       os.environ.get("DEEPSERVE_USAGE_TOKEN", ""),
-                                       token_file=os.environ.get("DEEPSERVE_USAGE_TOKEN_FILE")
-                                       or None)
+                token_file = os.environ.get("DEEPSERVE_USAGE_TOKEN_FILE") or None
+                if token_file is None:
+                    log.warning("no DEEPSERVE_USAGE_TOKEN_FILE: usage is spooled, and the billing "
+                                "endpoint will refuse it (401) until a write credential is mounted")
+                shipper = UsageShipper(spool, options.usage_endpoint, token_file=token_file)
                 shipper.start()
         return cls(spool, shipper, model, version, options.namespace or "default",
                    options.billing_account or "default")

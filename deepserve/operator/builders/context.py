@@ -49,6 +49,9 @@ class Settings:
     leaderworkerset: bool = False
     # Engine pods get a NetworkPolicy admitting only these peers (None: no policy)
     engine_policy: EnginePolicy | None = None
+    # The operator mints per-model usage write credentials (--ingest-key-file): engine pods
+    # mount their model's Secret (builders.usage_credential)
+    usage_credentials: bool = False
 
 
 @dataclass(frozen=True)

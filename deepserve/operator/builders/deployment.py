@@ -29,6 +29,7 @@ from deepserve.operator.builders.repository import (
     repository_files,
 )
 from deepserve.operator.builders.sources import fetch_init_containers, source_volumes
+from deepserve.operator.builders.usage_credential import usage_credential_volume
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -90,6 +91,10 @@ def _volumes(ctx: BuildContext, version: str) -> tuple[list[dict[str, Any]], lis
         {"name": "cache", "mountPath": CACHE_DIR},
         {"name": "usage-spool", "mountPath": USAGE_SPOOL},
     ]
+    if ctx.settings.usage_credentials:  # the model's usage write credential, read-only
+        volume, mount, _ = usage_credential_volume(ctx.model.name)
+        volumes.append(volume)
+        mounts.append(mount)
     source_vols, source_mounts = source_volumes(v)  # pvc:// volume, fetch credentials
     return volumes + source_vols, mounts + source_mounts
 
@@ -100,6 +105,8 @@ def _env(ctx: BuildContext, version: str) -> tuple[list[dict[str, Any]], list[di
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
+    if ctx.settings.usage_credentials:  # a path only: the token itself is never in env
+        env.append(usage_credential_volume(ctx.model.name)[2])
     # source credentials reach only the fetch init container, as files (builders.sources)
     env_from: list[dict[str, Any]] = []
     return env, env_from

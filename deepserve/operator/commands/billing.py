@@ -34,7 +34,8 @@ from deepserve.operator.metering import (
 )
 from deepserve.operator.metering.credentials import (
     CredentialError,
-    hmac_write_auth,
+    IngestKeyFile,
+    file_write_auth,
     mint_write_token,
     read_secret_file,
 )
@@ -202,8 +203,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = read_secret_file(args.token_file, "token-file")
     write_auth = None
     if args.ingest_key_file:
-        write_auth = hmac_write_auth(read_secret_file(args.ingest_key_file,
-                                                      "ingest-key-file").encode(),
+        # re-read on change (a rotated Secret); the previous key's tokens stay valid a while
+        write_auth = file_write_auth(IngestKeyFile(args.ingest_key_file, field="ingest-key-file"),
                                      allow_wildcard=args.dev_wildcard_ingest)
     else:
         print("warning: no --ingest-key-file: nothing can ingest usage", file=sys.stderr)

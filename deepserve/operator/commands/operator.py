@@ -40,6 +40,9 @@ def register(sub: Any) -> None:
     run.add_argument("--engine-image", default="ghcr.io/deepserve/engine:latest",
                      help="default Triton + deepserve engine image")
     run.add_argument("--usage-endpoint", default="", help="URL engines ship usage events to")
+    run.add_argument("--ingest-key-file", default="", metavar="PATH",
+                     help="the ingest key (a mounted Secret, re-read on change): each model gets a Secret with "
+                          "its own usage write credential, mounted read-only into its engine pods")
     run.add_argument("--gateway", default="", help="NAMESPACE/NAME of the Gateway HTTPRoutes attach to")
     run.add_argument("--gateway-api", choices=["auto", "on", "off"], default="auto",
                      help="build HTTPRoutes (auto: when the Gateway API CRDs are installed)")
@@ -196,6 +199,14 @@ def engine_policy(enabled: str, release_namespace: str, metrics_from: str,
 
 def _run(args: argparse.Namespace) -> int:
     activators = _activators(args.activator)
+    if args.ingest_key_file:
+        from deepserve.operator.metering.credentials import CredentialError, IngestKeyFile
+
+        try:
+            IngestKeyFile(args.ingest_key_file, field="--ingest-key-file")  # fail at start, naming the flag, not per reconcile
+        except CredentialError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     import kopf
 
     _limit_malloc_arenas()
@@ -211,12 +222,13 @@ def _run(args: argparse.Namespace) -> int:
                         engine_runner=args.engine_runner, allow_pool_move=args.allow_pool_move,  # type: ignore[arg-type]
                         leaderworkerset=_leaderworkerset_api(args.kubeconfig),
                         engine_policy=engine_policy(args.engine_network_policy, args.release_namespace,
-                                                    args.metrics_from))
+                                                    args.metrics_from),
+                        usage_credentials=bool(args.ingest_key_file))
     autoscaler = AutoscalerOptions(tick_s=args.autoscale_tick, manual_hold_s=args.manual_hold,
                                    allow_pool_move=args.allow_pool_move,
                                    activators=activators) if args.autoscale_tick > 0 else None
     options = OperatorOptions(kubeconfig=args.kubeconfig, settings=settings, resync_seconds=args.resync_seconds,
-                              autoscaler=autoscaler)
+                              autoscaler=autoscaler, ingest_key_file=args.ingest_key_file or None)
     registry = kopf.OperatorRegistry()
     register(registry, options, gateway_api)
     standalone = args.standalone or bool(args.leader_elect)  # the Lease, not kopf peering, picks who acts

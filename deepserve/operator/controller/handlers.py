@@ -56,7 +56,9 @@ from deepserve.operator.controller.snapshot import (
     node_snapshot,
     plain,
 )
+from deepserve.operator.controller.usage_credentials import UsageCredentials
 from deepserve.operator.kube import Kube, KubeError, connection_fields
+from deepserve.operator.metering.credentials import IngestKeyFile
 
 log = logging.getLogger(__name__)
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
@@ -76,6 +78,8 @@ class OperatorOptions:
     resync_seconds: float = 60.0
     pool_cache_seconds: float = 2.0
     autoscaler: AutoscalerOptions | None = field(default_factory=lambda: AutoscalerOptions(tick_s=2.0))
+    # The ingest key file (a mounted Secret): each model gets a usage write-credential Secret
+    ingest_key_file: str | None = None
 
 
 RESERVATION_S = 120.0  # how long a new placement holds its GPUs while its pods are being created
@@ -109,6 +113,7 @@ class ControllerState:
     reservations: dict[str, Reservation] = field(default_factory=dict)  # model uid -> GPUs promised
     held: Callable[[str, str], int] | None = None  # requests the activators hold, per (namespace, model)
     rounds: AutoscalerRounds | None = None  # every model's autoscaler tick, made by the first daemon
+    credentials: UsageCredentials | None = None  # per-model usage write credentials (--ingest-key-file)
 
     def reserved(self, gpu_pods: list[dict[str, Any]], exclude_uid: str | None = None) -> dict[str, int]:
         """GPUs per pool promised to new placements of other models and not yet held by their pods.
@@ -149,6 +154,8 @@ class ControllerState:
                 self.reservations.pop(uid, None)
                 self.last_status.pop(uid, None)
                 self.decisions.pop(uid, None)
+            if self.credentials is not None:
+                self.credentials.forget(*key)
             for cache in (self.applied, self.projections):
                 for k in [k for k in cache if k[0] == key[0] and k[2].startswith(key[1])]:
                     cache.pop(k, None)
@@ -203,7 +210,7 @@ def run_reconcile(model: dict[str, Any], indexes: dict[str, Any], state: Control
         observed = observe(model, indexes, state, fresh)
         result, status = reconcile(observed, state.kube, state.settings, state.applied, _now(),
                                    state.last_status.get(md["uid"]), clock=time.monotonic(),
-                                   decisions=state.decisions)
+                                   decisions=state.decisions, credentials=state.credentials)
         state.last_status[md["uid"]] = status
         if result.placed is not None:
             pool, gpus = result.placed
@@ -397,9 +404,13 @@ def register(registry: kopf.OperatorRegistry, options: OperatorOptions, gateway_
         settings.networking.request_timeout = 60
         kube = Kube.from_kubeconfig(options.kubeconfig)
         activators = options.autoscaler.activators if options.autoscaler is not None else {}
+        credentials = None
+        if options.ingest_key_file:  # read here, in the operator process; never logged
+            credentials = UsageCredentials(IngestKeyFile(options.ingest_key_file))
         memo.deepserve = ControllerState(kube=kube, settings=options.settings,
                                          pools=TtlCache(options.pool_cache_seconds),
-                                         held=ActivatorHeld(activators) if activators else None)
+                                         held=ActivatorHeld(activators) if activators else None,
+                                         credentials=credentials)
 
     @kopf.on.login(registry=registry)
     def login(settings: kopf.OperatorSettings, **kwargs: Any) -> Any:

@@ -22,6 +22,7 @@ from deepserve.operator.builders.leaderworkerset import choose_workload, lws_mis
 from deepserve.operator.controller.observed import ChildRef, DeploymentState, PodState, marker_of
 from deepserve.operator.controller.planning import PlanOutcome, plan
 from deepserve.operator.controller.status import StatusInputs, compute_status
+from deepserve.operator.controller.usage_credentials import UsageCredentials
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,27 @@ def ensure_children(decision: Decision, observed: Observed, writer: ChildWriter,
             result.deleted.append(f"{ref.kind}/{ref.name}")
 
 
+def ensure_usage_credential(credentials: UsageCredentials, model: dict[str, Any], writer: ChildWriter,
+                            result: Result, clock: float) -> None:
+    """Apply the model's usage write-credential Secret when it is due (usage_credentials.py);
+    it goes before the Deployments so no engine pod waits for its volume."""
+    md = model["metadata"]
+    due = credentials.wanted(ModelRef(md["name"], md["namespace"], md["uid"]), clock)
+    if due is None:
+        return
+    obj, changed = due
+    try:
+        writer.apply(obj)
+    except Exception as e:
+        refused = _refusal(obj, e)
+        if refused is None:
+            raise
+        raise refused from e
+    credentials.applied(obj, md["uid"], clock)
+    if changed:
+        result.applied.append(f"Secret/{obj['metadata']['name']}")
+
+
 def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """A JSON merge patch turning ``old`` into ``new`` (nulls remove stale keys)."""
     out: dict[str, Any] = {}
@@ -283,14 +305,16 @@ def _decide_cached(model: dict[str, Any], observed: Observed, settings: Settings
 
 def reconcile(observed: Observed, writer: ChildWriter, settings: Settings, applied: AppliedCache, now: str,
               last_status: dict[str, Any] | None = None, *, clock: float = 0.0,
-              decisions: DecisionCache | None = None) -> tuple[Result, dict[str, Any]]:
+              decisions: DecisionCache | None = None,
+              credentials: UsageCredentials | None = None) -> tuple[Result, dict[str, Any]]:
     """Run one reconcile; returns what it did and the status now in effect.
 
     A failed child write is reported in status and returned in ``Result.failure`` (after the
     status write, so its Events can be posted) for the caller to raise and retry.
 
     ``clock`` is a monotonic time (seconds) used to wait for our own writes to reach the
-    watch cache; ``decisions`` memoises decide() across calls.
+    watch cache; ``decisions`` memoises decide() across calls; ``credentials`` (when the
+    operator has an ingest key) keeps each model's usage write-credential Secret applied.
     """
     model = observed.model
     md = model["metadata"]
@@ -303,6 +327,8 @@ def reconcile(observed: Observed, writer: ChildWriter, settings: Settings, appli
     if chosen is not None and decision.plan is not None and decision.plan.changed:
         result.placed = (chosen.pool, decision.total * chosen.gpus_per_replica)
     try:
+        if credentials is not None and decision.spec is not None:
+            ensure_usage_credential(credentials, model, writer, result, clock)
         ensure_children(decision, observed, writer, applied, result, clock)
     except Exception as e:  # reported in status and returned, so the caller posts Events and retries
         failure = e

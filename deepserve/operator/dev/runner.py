@@ -2,21 +2,27 @@
 
 KWOK runs the pods of the local cluster without containers. For pods labelled
 ``deepserve.io/runner=local`` this runner does what a kubelet would do for the engine
-container: it materialises the pod's volumes (ConfigMap items, emptyDirs) into a local
-folder, rewrites paths under their mount points, starts ``tritonserver`` bound to the
+container: it materialises the pod's volumes (ConfigMap items, Secret items, emptyDirs) into
+a local folder, rewrites paths under their mount points, starts ``tritonserver`` bound to the
 pod's own loopback IP (ports 8000/8001/8002, as in the pod spec), and reports the
 container's readiness from Triton's ``/v2/health/ready`` into the pod's status. A crashed
 server is restarted (restartCount grows); a deleted pod's server is stopped gracefully.
 The pod's OpenAI frontend container (``deepserve engine openai-frontend``) is played too:
 the same command, bound to the pod's IP and pointed at that pod's Triton.
 
+Secret volumes (the model's usage write credential) are read from the API server as a
+kubelet would, written as 0600 files and re-synced every ``SECRET_SYNC_S`` seconds, so a
+rotated credential reaches the played engine the way it reaches a real pod.
+
 It is small on purpose and is not part of the operator.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -36,6 +42,7 @@ log = logging.getLogger(__name__)
 
 RUNNER_LABEL = "deepserve.io/runner"
 SELECTOR = f"{RUNNER_LABEL}=local"
+SECRET_SYNC_S = 10.0  # how often mounted Secrets are re-read (the kubelet's sync is ~1 minute)
 
 
 @dataclass
@@ -55,6 +62,8 @@ class PlayedPod:
     repo: Path | None = None
     frontend_args: list[str] | None = None  # the frontend container's deepserve arguments
     frontend: subprocess.Popen[bytes] | None = None
+    secrets: list[tuple[dict[str, Any], Path]] = field(default_factory=list)  # (secret volume source, dir)
+    secrets_at: float = 0.0
 
 
 def frontend_command(pod: dict[str, Any]) -> list[str] | None:
@@ -70,6 +79,38 @@ def frontend_command(pod: dict[str, Any]) -> list[str] | None:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def secret_volumes(pod: dict[str, Any], root: Path) -> list[tuple[dict[str, Any], Path]]:
+    """(secret volume source, local folder) of each Secret the engine container mounts."""
+    container: dict[str, Any] = next(
+        (c for c in pod["spec"]["containers"] if c.get("command", [""])[0] == "tritonserver"
+         or any(str(a).startswith("--model-repository=") for a in c.get("args", []))), {})
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+    return [(volumes[m["name"]]["secret"], root / "volumes" / m["name"])
+            for m in container.get("volumeMounts", []) if "secret" in volumes.get(m["name"], {})]
+
+
+def write_secret(kube: Kube, namespace: str, source: dict[str, Any], local: Path) -> None:
+    """Write a Secret volume's items under ``local`` as 0600 files (each replaced atomically,
+    so a reader never sees half a token). Raises ValueError when the Secret does not exist."""
+    secret = kube.get("v1", "Secret", source["secretName"], namespace)
+    if secret is None:
+        if source.get("optional"):
+            return
+        raise ValueError(f"Secret {namespace}/{source['secretName']} does not exist yet")
+    data = secret.get("data") or {}
+    local.mkdir(parents=True, exist_ok=True)
+    local.chmod(0o700)
+    for it in source.get("items") or [{"key": k, "path": k} for k in data]:
+        if it["key"] not in data:
+            raise ValueError(f"Secret {namespace}/{source['secretName']} has no key {it['key']!r}")
+        dest = local / it["path"]
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(base64.b64decode(data[it["key"]]))
+        os.replace(tmp, dest)
 
 
 def materialise(pod: dict[str, Any], kube: Kube, root: Path,
@@ -102,6 +143,8 @@ def materialise(pod: dict[str, Any], kube: Kube, root: Path,
                 dest = local / it["path"]
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_text(data[it["key"]])
+        elif "secret" in vol:
+            write_secret(kube, ns, vol["secret"], local)
 
     def rewrite(value: str) -> str:
         for mount_path in sorted(mounts, key=len, reverse=True):
@@ -201,6 +244,7 @@ class LocalRunner:
                 played = self._play(pod)
                 if played is None:
                     continue
+            self._sync_secrets(played)
             self._probe(played)
         for key in set(self.pods) - seen:
             self._forget(key)
@@ -214,10 +258,23 @@ class LocalRunner:
             log.warning("cannot play %s/%s yet: %s", md["namespace"], md["name"], e)
             return None
         played = PlayedPod(md["namespace"], md["name"], md["uid"], pod["status"]["podIP"], root,
-                           container, env=env, repo=repo, frontend_args=frontend_command(pod))
+                           container, env=env, repo=repo, frontend_args=frontend_command(pod),
+                           secrets=secret_volumes(pod, root), secrets_at=time.monotonic())
         self.pods[md["uid"]] = played
         self._launch(played)
         return played
+
+    def _sync_secrets(self, p: PlayedPod) -> None:
+        """Re-read the pod's Secret volumes, as the kubelet does (a rotated credential)."""
+        if not p.secrets or time.monotonic() - p.secrets_at < SECRET_SYNC_S:
+            return
+        p.secrets_at = time.monotonic()
+        for source, local in p.secrets:
+            try:
+                write_secret(self.kube, p.namespace, source, local)
+            except (ValueError, KubeError) as e:  # the kubelet keeps the last files too
+                log.warning("cannot refresh Secret %s of %s/%s: %s", source.get("secretName"),
+                            p.namespace, p.name, e)
 
     def _launch(self, p: PlayedPod) -> None:
         assert p.repo is not None

@@ -3,6 +3,11 @@
 Installs the Helm chart, writes a kubeconfig that authenticates as the chart's
 ServiceAccount (so the chart's RBAC is what the operator really gets), and starts the
 operator out of cluster and the dev-only local runner as child processes.
+
+Credentials travel as 0600 files, never on a command line: the billing endpoint and the
+operator read the ingest key file; the operator mints each model's usage write credential
+into a Secret, and the local runner mounts that Secret into the engines it plays the way
+a kubelet does. No wildcard write credential exists in this stack.
 """
 
 from __future__ import annotations
@@ -158,6 +163,14 @@ class Stack:
     def billing_url(self) -> str:
         return f"http://127.0.0.1:{self.billing_port}"
 
+    @property
+    def ingest_key_file(self) -> Path:
+        """The ingest key (0600): the billing server verifies, the operator mints with it."""
+        path = self.work_dir / "ingest-key"
+        if not path.exists():
+            self._secret_file("ingest-key", self.ingest_key)
+        return path
+
     def operator_args(self, kubeconfig: str) -> list[str]:
         """Command line of the out-of-cluster operator."""
         return [
@@ -165,6 +178,7 @@ class Stack:
             "--kubeconfig", kubeconfig, "--standalone", "--engine-runner", "local",
             "--resync-seconds", "10", "--liveness", f"http://127.0.0.1:{self.health_port}/healthz",
             "--usage-endpoint", f"{self.billing_url}/v1/usage",
+            "--ingest-key-file", str(self.ingest_key_file),
         ]
 
     def start_billing(self) -> ManagedProcess:
@@ -172,13 +186,10 @@ class Stack:
         token_file = self.work_dir / "billing-token"
         token_file.write_text(self.billing_token)
         token_file.chmod(0o600)
-        key_file = self._secret_file("ingest-key", self.ingest_key)
-        # --dev-wildcard-ingest: the local runner plays every model's pods with one
-        # environment, so it holds a wildcard write credential (the chart never does).
+        # no --dev-wildcard-ingest: each played engine holds its own model's credential
         args = [sys.executable, "-m", "deepserve.operator.cli", "billing", "serve",
                 "--ledger", str(self.ledger), "--host", "127.0.0.1", "--port", str(self.billing_port),
-                "--token-file", str(token_file), "--ingest-key-file", str(key_file),
-                "--dev-wildcard-ingest"]
+                "--token-file", str(token_file), "--ingest-key-file", str(self.ingest_key_file)]
         self.billing = spawn("billing", args, self.work_dir / "logs")
         self.wait_http(f"{self.billing_url}/healthz", "the billing endpoint", 60)
         return self.billing
@@ -203,16 +214,12 @@ class Stack:
             return str(r.read().decode())
 
     def start_runner(self) -> ManagedProcess:
-        """Start the dev-only local runner; engines ship usage to the operator's endpoint
-        with a write credential read from a file (never on a command line)."""
-        from deepserve.operator.metering.credentials import mint_write_token
-
-        usage_token = self._secret_file(
-            "usage-token", mint_write_token(self.ingest_key.encode(), "*", "*"))
+        """Start the dev-only local runner. Engines ship usage to the endpoint in their
+        engine options with the write credential of their own model, read from the Secret
+        the operator made for it (the runner mounts it like a kubelet): nothing here holds
+        a credential for them."""
         args = [sys.executable, "-m", "deepserve.operator.cli", "dev", "runner",
-                "--kubeconfig", self.admin_kubeconfig,
-                "--env", f"DEEPSERVE_USAGE_ENDPOINT={self.billing_url}/v1/usage",
-                "--env", f"DEEPSERVE_USAGE_TOKEN_FILE={usage_token}"]
+                "--kubeconfig", self.admin_kubeconfig]
         self.runner = spawn("runner", args, self.work_dir / "logs")
         return self.runner
 

@@ -16,6 +16,12 @@ stacks, whose local runner plays every pod with one environment: it is accepted 
 the server is started with ``allow_wildcard`` (``--dev-wildcard-ingest``, which the chart
 never passes).
 Secrets are read from files, never from argv or the environment.
+
+**Rotation.** The key file is a mounted Secret that the kubelet updates in place. The
+operator (:class:`IngestKeyFile`) re-reads it and re-mints every model's Secret; the billing
+server (:func:`file_write_auth`) re-reads it too and keeps accepting tokens of the previous
+key for ``grace_s`` (default 15 minutes: one operator resync plus the kubelet's Secret sync,
+~1-2 minutes each, with a wide margin), so no usage is refused while new tokens propagate.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import dataclasses
 import hashlib
 import hmac
 import re
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,3 +106,79 @@ def read_secret_file(path: str | Path, field: str) -> str:
     if not text:
         raise CredentialError(field, f"{path} is empty")
     return text
+
+
+def key_id(key: bytes) -> str:
+    """A non-secret name of ``key`` (16 hex digits of an HMAC under it): which key minted a
+    Secret, without revealing anything that helps forge a token."""
+    return hmac.new(key, b"deepserve usage key id", hashlib.sha256).hexdigest()[:16]
+
+
+class IngestKeyFile:
+    """The ingest key, read from a file and re-read at most every ``refresh_s`` seconds.
+
+    ``current()`` returns the key now in the file; when the file turns unreadable or empty
+    the last good key stays (a Secret being swapped by the kubelet is briefly absent) and
+    the error is kept in ``error``. The key is never logged.
+    """
+
+    def __init__(self, path: str | Path, refresh_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic, field: str = "ingest key") -> None:
+        self.path, self.refresh_s, self._clock, self.field = Path(path), refresh_s, clock, field
+        self._lock = threading.Lock()
+        self.error: str | None = None
+        self._key = self._read()  # raises CredentialError: the first read must work
+        self._previous: tuple[bytes, float] | None = None  # (key, when it was replaced)
+        self._read_at = clock()
+
+    def _read(self) -> bytes:
+        key = read_secret_file(self.path, self.field).encode()
+        if len(key) < 16:
+            raise CredentialError(self.field, f"{self.path} must hold at least 16 bytes")
+        return key
+
+    def current(self) -> bytes:
+        """The key now in effect (re-read when ``refresh_s`` has passed)."""
+        with self._lock:
+            now = self._clock()
+            if now - self._read_at >= self.refresh_s:
+                self._read_at = now
+                try:
+                    key = self._read()
+                except CredentialError as err:
+                    self.error = str(err)
+                else:
+                    self.error = None
+                    if not hmac.compare_digest(key, self._key):
+                        self._previous, self._key = (self._key, now), key
+            return self._key
+
+    def previous(self, within_s: float) -> bytes | None:
+        """The key replaced less than ``within_s`` seconds ago, if any."""
+        with self._lock:
+            if self._previous is None or self._clock() - self._previous[1] > within_s:
+                return None
+            return self._previous[0]
+
+
+def file_write_auth(keys: IngestKeyFile, *, allow_wildcard: bool = False,
+                    grace_s: float = 900.0) -> WriteAuth:
+    """A verifier following ``keys`` through rotations: tokens of the current key, and of
+    the key it replaced for ``grace_s`` seconds after the change was seen."""
+    verifiers: dict[bytes, WriteAuth] = {}
+
+    def verifier(key: bytes) -> WriteAuth:
+        found = verifiers.get(key)
+        if found is None:
+            if len(verifiers) > 4:
+                verifiers.clear()
+            found = verifiers[key] = hmac_write_auth(key, allow_wildcard=allow_wildcard)
+        return found
+
+    def verify(token: str) -> WriteScope | None:
+        scope = verifier(keys.current())(token)
+        if scope is None and (old := keys.previous(grace_s)) is not None:
+            scope = verifier(old)(token)
+        return scope
+
+    return verify

@@ -38,6 +38,7 @@ WORKLOAD_RULES = {
     ("gateway.networking.k8s.io", "httproutes"): CRUD,
     ("leaderworkerset.x-k8s.io", "leaderworkersets"): CRUD,
     ("", "pods"): READ,
+    ("", "secrets"): {"create", "patch"},  # per-model usage write credentials, never read
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
@@ -70,7 +71,8 @@ def test_no_wildcards_and_no_secrets_anywhere(render, all_features) -> None:
             for rule in obj["rules"]:
                 for field in ("apiGroups", "resources", "verbs", "resourceNames"):
                     assert "*" not in rule.get(field, []), (obj["metadata"]["name"], rule)
-                assert "secrets" not in rule["resources"], "the token is mounted, never read via the API"
+                if "secrets" in rule["resources"]:  # tokens are mounted; it writes usage credentials only
+                    assert set(rule["verbs"]) == {"create", "patch"}, (obj["metadata"]["name"], rule)
                 assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
 
 

@@ -15,6 +15,8 @@ NAMESPACE = "deepserve-system"  # the namespace conftest renders into
 DEFAULT_KINDS = {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
                  "PersistentVolumeClaim", "Secret", "NetworkPolicy", "PodDisruptionBudget",
                  "Role", "RoleBinding"}  # the gateway's (on by default) Secrets Role in the keys namespace
+# the operator's Secret writes narrowed to usage credentials (secret-write-policy.yaml)
+DEFAULT_KINDS |= {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 def test_lint_is_clean_with_defaults_and_all_features(lint, chart_copy, all_features) -> None:
@@ -125,11 +127,11 @@ def test_billing_token_secret_is_generated_or_taken_from_an_existing_one(render)
 
     out = render({"billing": {"token": {"existingSecret": "my-token", "secretKey": "bearer"}}})
     assert not out.of_kind("Secret")
-    vol = next(v for v in out.one("Deployment")["spec"]["template"]["spec"]["volumes"]
-               if v["name"] == "billing-token")
-    assert vol["secret"]["secretName"] == "my-token"
-    assert vol["secret"]["items"] == [{"key": "bearer", "path": "token"},
-                                      {"key": "ingestKey", "path": "ingest-key"}]
+    volumes = {v["name"]: v for v in out.one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["billing-token"]["secret"]["secretName"] == "my-token"
+    assert volumes["billing-token"]["secret"]["items"] == [{"key": "bearer", "path": "token"}]
+    assert volumes["ingest-key"]["secret"]["secretName"] == "my-token"
+    assert volumes["ingest-key"]["secret"]["items"] == [{"key": "ingestKey", "path": "ingest-key"}]
 
 
 def test_ledger_volume_and_same_node_affinity_for_rwo(render) -> None:
