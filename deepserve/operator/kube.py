@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from kubernetes import client, config
@@ -177,6 +178,42 @@ class Kube:
                 return False
             raise
         return any(r.get("kind") == kind for r in doc.get("resources", []))
+
+    def watch(self, api_version: str, kind: str, namespace: str | None = None, *,
+              label_selector: str | None = None, timeout_s: int = 300) -> Iterator[dict[str, Any]]:
+        """Watch events (``{"type": ADDED|MODIFIED|DELETED|BOOKMARK, "object": ...}``) of a kind,
+        starting with an ADDED event per existing object, until the server ends the watch after
+        about ``timeout_s``. Raises KubeError when the watch is refused or reports an ERROR."""
+        query: list[tuple[str, Any]] = [("watch", "true"), ("timeoutSeconds", int(timeout_s)),
+                                        ("allowWatchBookmarks", "true")]
+        query += [("labelSelector", label_selector)] if label_selector else []
+        m, url, hdrs, _, _ = self.api.param_serialize(
+            "GET", resource_path(api_version, kind, namespace), query_params=query,
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+        try:  # the client streams the body (preload_content=False); read timeout between events
+            resp = self.api.call_api(m, url, header_params=hdrs, _request_timeout=(10, timeout_s + 30))
+        except ApiException as e:
+            raise KubeError(e.status or 0, str(e.reason), str(e.body or e)) from e
+        raw = resp.response
+        try:
+            if resp.status != 200:
+                raise KubeError(resp.status, str(resp.reason), raw.read().decode(errors="replace"))
+            pending = b""
+            for chunk in raw.stream(65536):  # one JSON event per line
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise KubeError(int(status.get("code") or 0), str(status.get("reason", "")),
+                                        str(status.get("message", "")))
+                    yield event
+        finally:  # closed, not pooled: an unfinished body must not be left on a reused connection
+            raw.close()
+            raw.release_conn()
 
     def close(self) -> None:
         """Release the connection pool."""

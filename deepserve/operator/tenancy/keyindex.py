@@ -6,6 +6,13 @@ tenant is refused on every replica within about one interval plus one list. Requ
 never touch the API server: :meth:`KeyIndex.authenticate` reads the snapshot, checks
 expiry against the clock at request time and compares hashes in constant time.
 
+When the seam can watch (``Kube.watch``), two more threads watch the Tenants and the key
+Secrets, and any event wakes the relist at once, so a revocation is seen within one watch
+notification plus one list (tens of milliseconds) instead of up to one interval. The watch
+is only a trigger: the snapshot is always built from a full list, the relist keeps running
+as the fallback (a watch that breaks, or silently stops, costs at most the interval), and
+staleness is measured from the last good list, so the rule below is unchanged.
+
 When the API server cannot be read for ``max_staleness_s`` the index fails closed:
 every key is refused (a revocation must never be missed) and :attr:`healthy` turns
 False so the readiness probe takes the replica out of its Service.
@@ -89,7 +96,11 @@ class KeyIndex:
         self._entries: dict[str, _Entry] = {}
         self._refreshed_at = float("-inf")  # time.monotonic() of the last good refresh
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by a watch event: relist now
         self._thread: threading.Thread | None = None
+        self._watchers: list[threading.Thread] = []
+        self.watch_timeout_s = 300  # each watch is re-opened after this (the server ends it)
+        self.watch_events = 0  # events seen by the watches (tests, debugging)
 
     def refresh(self) -> int:
         """List Tenants and key Secrets once and swap the snapshot; returns the keys indexed."""
@@ -118,21 +129,49 @@ class KeyIndex:
             return None
         return entry.principal
 
-    def start(self) -> None:
-        """Refresh once (raising if the API server cannot be read), then keep refreshing."""
+    def start(self, watch: bool = True) -> None:
+        """Refresh once (raising if the API server cannot be read), then keep refreshing; with
+        ``watch`` (and a seam that has ``watch``) also relist at once on every watch event."""
         self.refresh()
         self._thread = threading.Thread(target=self._loop, name="key-index", daemon=True)
         self._thread.start()
+        if watch and hasattr(self._kube, "watch"):
+            for name, args, kw in (("tenants", (API_VERSION, KIND), {}),
+                                   ("secrets", ("v1", "Secret", self._namespace),
+                                    {"label_selector": KEY_SELECTOR})):
+                t = threading.Thread(target=self._watch, args=(name, args, kw), name=f"key-index-watch-{name}",
+                                     daemon=True)
+                t.start()
+                self._watchers.append(t)
 
     def stop(self) -> None:
-        """Stop the refresh loop."""
+        """Stop the refresh loop (a watch thread ends at its next event or watch timeout)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def _watch(self, name: str, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+        """Wake the relist on every event of one watch; re-open it when it ends or fails."""
+        while not self._stop.is_set():
+            try:
+                for event in self._kube.watch(*args, timeout_s=self.watch_timeout_s, **kw):
+                    if self._stop.is_set():
+                        return
+                    if event.get("type") != "BOOKMARK":
+                        self.watch_events += 1
+                        self._wake.set()
+            except Exception as e:  # the relist still runs: a failed watch only costs latency
+                log.debug("key index watch of %s ended: %s", name, e)
+                self._stop.wait(1.0)
+
     def _loop(self) -> None:
         failing = False
-        while not self._stop.wait(self._interval):
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.refresh()
             except Exception as e:  # any failure: keep the last snapshot until it goes stale
