@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
+from deepserve.engine.contract.adapters import ADAPTER_NAME_MATCH
 from deepserve.engine.contract.precision import MANTISSA_BITS, master_precision, weight_copies
+from deepserve.engine.lora import AdapterPool, install_adapters
 from deepserve.engine.model.transformer import Transformer
 from deepserve.engine.options import EngineOptions
 from deepserve.engine.precision import (
@@ -29,6 +31,7 @@ from deepserve.engine.precision import (
 )
 from deepserve.engine.precision.adaptive import DTYPES, PRECISION_OF
 from deepserve.engine.prefix_cache import PrefixCache
+from deepserve.engine.sampling import InvalidRequestError
 from deepserve.engine.sparse import (
     SparseAttentionHandle,
     apply_sparse_attention,
@@ -57,6 +60,31 @@ class EngineFeatures:
     precision_handle: AdaptivePrecisionHandle | None = None
     scheduler: PrecisionScheduler | None = None
     tensor_parallel: int = 1
+    adapters: AdapterPool | None = None  # LoRA adapters (deepserve.engine.lora)
+
+    def check_adapter(self, name: str) -> None:
+        """Raise :class:`InvalidRequestError` (field ``adapter``) unless ``name`` is served."""
+        if self.adapters is not None and self.adapters.known(name):
+            return
+        shown = name if ADAPTER_NAME_MATCH(name) else repr(name)[:80]
+        served = ", ".join(sorted(self.adapters.adapters)) if self.adapters else ""
+        raise InvalidRequestError("adapter", f"unknown adapter {shown}; "
+                                  + (f"this model serves: {served}" if served else "this model serves none"))
+
+    def pin_adapter(self, name: str) -> int | None:
+        """Pin ``name`` in the resident pool for one request (see :meth:`AdapterPool.acquire`)."""
+        assert self.adapters is not None, "check_adapter() admitted it"
+        return self.adapters.acquire(name)
+
+    def release_adapter(self, slot: int) -> None:
+        """Unpin a finished request's adapter slot."""
+        if self.adapters is not None:
+            self.adapters.release(slot)
+
+    def bind_adapters(self, slots: Sequence[int]) -> None:
+        """The pool slot of every row of the next forward pass (0: the base model)."""
+        if self.adapters is not None:
+            self.adapters.state.bind(slots)
 
     def choose_precision(self, prompt_ids: Sequence[int]) -> str:
         """Precision for a new request (the scheduler's choice, else the fixed one)."""
@@ -93,6 +121,8 @@ class EngineFeatures:
             out["prefix_cache"] = self.prefix_cache.as_dict()
         if self.scheduler is not None:
             out["adaptive_precision"] = self.scheduler.stats()
+        if self.adapters is not None:
+            out["adapters"] = self.adapters.as_dict()
         return out
 
 
@@ -181,4 +211,7 @@ def install_features(model: Transformer, options: EngineOptions, tokenize: Any) 
         features.prefix_cache = PrefixCache(
             model, options.prefix_cache_mib * MIB, options.host_cache_mib * MIB,
             salt=f"{Path(options.model_dir).resolve()}:{options.served_version}")
+    if options.adapters:  # last: the LoRA layers wrap whatever the projections are now
+        static = options.compile and model.lm_head.weight.device.type == "cuda"
+        features.adapters = install_adapters(model, options, options.max_batch_size, static)
     return features

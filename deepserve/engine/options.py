@@ -13,6 +13,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from deepserve.engine.contract.adapters import (
+    ADAPTER_NAME_MATCH,
+    ADAPTER_NAME_PATTERN,
+    MAX_ADAPTER_RANK,
+    MAX_ADAPTERS,
+)
+
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "fp8")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
@@ -61,6 +68,44 @@ class SparseAttentionOptions:
 
 
 @dataclass(frozen=True)
+class AdapterOptions:
+    """One LoRA adapter the engine may load on top of the base model (deepserve.engine.lora).
+
+    ``source`` is a local directory (a ``pvc://`` mount or a fetched ``hf://``/``s3://``
+    copy, as the operator renders it) or ``builtin://tiny-lora-<seed>``; ``rank`` 0 means
+    "whatever the adapter's ``adapter_config.json`` says", else the adapter must have it.
+    """
+
+    name: str
+    source: str
+    rank: int = 0
+
+    def __post_init__(self) -> None:
+        _require_str("adapters.name", self.name)
+        if not ADAPTER_NAME_MATCH(self.name):
+            raise EngineOptionsError("adapters.name", f"must match {ADAPTER_NAME_PATTERN}, got {self.name!r}")
+        _require_str(f"adapters[{self.name}].source", self.source)
+        if not self.source:
+            raise EngineOptionsError(f"adapters[{self.name}].source", "must not be empty")
+        _require_int(f"adapters[{self.name}].rank", self.rank, 0, MAX_ADAPTER_RANK)
+
+
+def _adapter(data: Any) -> AdapterOptions:
+    if isinstance(data, AdapterOptions):
+        return data
+    if not isinstance(data, dict):
+        raise EngineOptionsError("adapters", "each adapter must be an object")
+    known = {f.name for f in dataclasses.fields(AdapterOptions)}
+    for key in data:
+        if key not in known:
+            raise EngineOptionsError(f"adapters.{key}", "unknown engine option")
+    for key in ("name", "source"):
+        if key not in data:
+            raise EngineOptionsError(f"adapters.{key}", "is required")
+    return AdapterOptions(**data)
+
+
+@dataclass(frozen=True)
 class EngineOptions:
     """Everything the engine needs to serve one model, independent of its architecture.
 
@@ -90,6 +135,9 @@ class EngineOptions:
     kv_cache_dtype: str = "auto"  # "fp8": E4M3 KV cache, half the bytes (issue #19.3)
     kv_page_tokens: int = 0  # > 0: paged KV cache with blocks of this many tokens (issue #19.3)
     prefill_chunk_tokens: int = 0  # > 0: prompt tokens prefilled per step between decodes (#19.4)
+    adapters: tuple[AdapterOptions, ...] = ()  # LoRA adapters (issue #19.5)
+    max_resident_adapters: int = 4  # adapters held on the device at once (LRU beyond)
+    max_adapter_rank: int = 16  # the resident pool's rank; larger adapters are refused
     served_model: str = ""
     served_version: str = "1"
     namespace: str = ""
@@ -136,6 +184,24 @@ class EngineOptions:
         _require_int("prefill_chunk_tokens", self.prefill_chunk_tokens, 0)
         if self.kv_cache_dtype not in ("auto", "fp8"):
             raise EngineOptionsError("kv_cache_dtype", f"must be 'auto' or 'fp8', got {self.kv_cache_dtype!r}")
+        self._check_adapters()
+
+    def _check_adapters(self) -> None:
+        if not isinstance(self.adapters, tuple) or not all(
+                isinstance(a, AdapterOptions) for a in self.adapters):
+            raise EngineOptionsError("adapters", "must be a tuple of AdapterOptions")
+        if len(self.adapters) > MAX_ADAPTERS:
+            raise EngineOptionsError("adapters", f"at most {MAX_ADAPTERS}, got {len(self.adapters)}")
+        names = [a.name for a in self.adapters]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise EngineOptionsError("adapters.name", f"{duplicate!r} is listed twice")
+        _require_int("max_resident_adapters", self.max_resident_adapters, 1, MAX_ADAPTERS)
+        _require_int("max_adapter_rank", self.max_adapter_rank, 1, MAX_ADAPTER_RANK)
+        for a in self.adapters:
+            if a.rank > self.max_adapter_rank:
+                raise EngineOptionsError(f"adapters[{a.name}].rank",
+                                         f"{a.rank} exceeds max_adapter_rank {self.max_adapter_rank}")
 
     @property
     def max_sequence_tokens(self) -> int:
@@ -178,6 +244,11 @@ class EngineOptions:
                 if key not in sparse_known:
                     raise EngineOptionsError(f"sparse_attention.{key}", "unknown engine option")
             values["sparse_attention"] = SparseAttentionOptions(**sparse)
+        adapters = values.get("adapters")
+        if adapters is not None:
+            if not isinstance(adapters, list | tuple):
+                raise EngineOptionsError("adapters", "must be a list")
+            values["adapters"] = tuple(_adapter(a) for a in adapters)
         return cls(**values)
 
     @classmethod

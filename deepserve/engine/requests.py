@@ -41,6 +41,7 @@ class GenerationChunk:
     token_ids: list[int] | None = None  # final chunk: every generated id (including eos)
     precision: str | None = None  # final chunk: the least precise compute that served it
     reused_prompt_tokens: int = 0  # final chunk: prompt tokens taken from the prefix cache
+    adapter: str | None = None  # final chunk: the LoRA adapter that served it (None: base)
 
 
 ChunkCallback = Callable[[GenerationChunk], None]

@@ -70,10 +70,10 @@ class _Sequence:
     precision: str = ""
     reused_tokens: int = 0
     reserved_blocks: int = 0  # paged cache: blocks set aside for prompt + max_tokens
-    prefill_pos: int | None = None  # prompt rows in the cache while prefilling; None: decoding
     adapter: str | None = None  # LoRA adapter (deepserve.engine.lora); None: the base model
     adapter_slot: int = 0  # its pool slot while admitted (0: the base model)
     constraint: TokenConstraint | None = None  # response_format: the grammar's state
+    prefill_pos: int | None = None  # prompt rows in the cache while prefilling; None: decoding
 
 
 class InferenceEngine:
@@ -223,6 +223,9 @@ class InferenceEngine:
                 if not self._free or not self._waiting:
                     return
                 seq = self._waiting[0]
+                error = self._pin_adapter(seq)  # None: its adapter waits for a free pool slot
+                if error is None:
+                    return
                 if self.paged is not None:  # admit only what the pool can finish
                     seq.reserved_blocks = self.paged.reserve(len(seq.prompt_ids), seq.params.max_tokens)
                     if not seq.reserved_blocks:
@@ -230,6 +233,9 @@ class InferenceEngine:
                 self._waiting.popleft()
                 seq.slot = heapq.heappop(self._free)
             self._running[seq.slot] = seq
+            if error:  # the adapter could not be loaded: this request fails, others go on
+                self._finish(seq, "error", "", error=error)
+                continue
             seq.started_at, seq.started = datetime.now(UTC), time.monotonic()
             seq.precision = self.features.choose_precision(seq.prompt_ids)
             self._begin_prefill(seq)
@@ -247,7 +253,8 @@ class InferenceEngine:
         self._prefilling.append(seq)
 
     def _prefix_cache_for(self, seq: _Sequence) -> PrefixCache | None:
-        return self.features.prefix_cache
+        # the prefix cache is keyed by tokens only: an adapter changes the keys and values
+        return self.features.prefix_cache if seq.adapter is None else None
 
     def _prefill_some(self) -> None:
         """Prefill admitted prompts in admission order: all of them, or with chunked
@@ -262,6 +269,7 @@ class InferenceEngine:
             start, total = seq.prefill_pos, len(seq.prompt_ids)
             end = total if budget is None else min(total, start + budget)
             chunk = seq.prompt_ids[start:end]
+            self.features.bind_adapters([seq.adapter_slot])
             with self.features.compute(seq.precision):
                 if self.paged is not None:
                     logits = self.paged.prefill_chunk(self.model, seq.slot, chunk, start)
@@ -299,6 +307,8 @@ class InferenceEngine:
             tokens[slot] = seq.last_token
             positions[slot] = seq.next_pos if seq.prefill_pos is None else seq.prefill_pos
         precision = self.features.batch_precision(s.precision for s in decoding.values())
+        self.features.bind_adapters([self._running[s].adapter_slot if s in self._running else 0
+                                     for s in range(width)])
         with self.features.compute(precision):
             table = None if self.paged is None else self.paged.step_table(
                 {slot: seq.next_pos + 1 for slot, seq in decoding.items()}, width).to(self.device)
@@ -344,7 +354,28 @@ class InferenceEngine:
         elif piece:
             self._emit(seq, GenerationChunk(seq.request_id, piece, len(seq.prompt_ids), seq.generated))
 
+    def _pin_adapter(self, seq: _Sequence) -> str | None:
+        """Pin a waiting request's adapter in the pool (loading it on first use).
+
+        Returns "" when pinned (or no adapter), None while every pool slot is held by
+        running requests, or the reason it cannot be loaded.
+        """
+        if seq.adapter is None or seq.adapter_slot:
+            return ""
+        try:
+            slot = self.features.pin_adapter(seq.adapter)
+        except Exception as exc:  # a broken adapter fails its requests, not the engine
+            log.warning("adapter %s: %s", seq.adapter, exc)
+            return f"{type(exc).__name__}: {exc}"
+        if slot is None:
+            return None
+        seq.adapter_slot = slot
+        return ""
+
     def _finish(self, seq: _Sequence, reason: str, text: str, error: str | None = None) -> None:
+        if seq.adapter_slot:  # the adapter stays resident, unpinned, until evicted
+            self.features.release_adapter(seq.adapter_slot)
+            seq.adapter_slot = 0
         if seq.slot >= 0 and self._running.get(seq.slot) is seq:
             del self._running[seq.slot]
             with self._lock:
@@ -361,7 +392,7 @@ class InferenceEngine:
         self.features.record_served(precision)
         self._emit(seq, GenerationChunk(seq.request_id, text, len(seq.prompt_ids), seq.generated,
                                         True, reason, error, stats, list(seq.output_ids),
-                                        precision, seq.reused_tokens))
+                                        precision, seq.reused_tokens, adapter=seq.adapter))
 
     def _emit(self, seq: _Sequence, chunk: GenerationChunk) -> None:
         if seq.callback is None:
