@@ -3,7 +3,9 @@
 Torch-free on purpose: the gateway imports it. Requests follow the OpenAI API reference
 (https://platform.openai.com/docs/api-reference/completions and .../chat) restricted to the
 parameters deepserve serves: ``model, prompt | messages, max_tokens, temperature, top_p, seed,
-stop, n (1 only), stream, stream_options.include_usage``. Any other field is refused with 400
+stop, n (1 only), stream, stream_options.include_usage, response_format`` (``text``,
+``json_object``, ``json_schema`` and deepserve's ``regex``: :mod:`deepserve.engine.structured.spec`;
+the schema's meta-schema check and its grammar are the pod's). Any other field is refused with 400
 naming it, so a client never believes a parameter took effect when it did not. Errors render as
 OpenAI error JSON ``{"error": {"message", "type", "param", "code"}}``; streams are Server-Sent
 Events (https://html.spec.whatwg.org/multipage/server-sent-events.html) ending ``data: [DONE]``.
@@ -16,12 +18,19 @@ from typing import Any, Final
 
 import msgspec
 
+from deepserve.engine.structured.spec import (
+    ResponseFormat,
+    ResponseFormatError,
+    parse_response_format,
+)
+
 MAX_BODY_BYTES: Final = 1 << 20  # 1 MiB: larger bodies answer 413
 MAX_STOP_SEQUENCES: Final = 4
 DONE_EVENT: Final = b"data: [DONE]\n\n"
 
 _COMMON: Final = frozenset(
-    {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "n", "stream", "stream_options"}
+    {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "n", "stream", "stream_options",
+     "response_format"}
 )
 COMPLETION_FIELDS: Final = _COMMON | {"prompt"}
 CHAT_FIELDS: Final = _COMMON | {"messages"}
@@ -83,11 +92,19 @@ class _Common(msgspec.Struct, kw_only=True):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: dict[str, Any] | None = None
 
     @property
     def include_usage(self) -> bool:
         """True when a streaming caller asked for the final usage chunk."""
         return self.stream_options is not None and self.stream_options.include_usage
+
+    def output_format(self) -> ResponseFormat | None:
+        """The checked ``response_format`` (None for text); raises :class:`OpenAIError` (400)."""
+        try:
+            return parse_response_format(self.response_format, validate_schema=False)
+        except ResponseFormatError as exc:
+            raise _bad(f"response_format: {exc}", "response_format") from exc
 
     def stop_list(self) -> list[str]:
         """``stop`` as a list (empty when not given)."""
@@ -165,6 +182,8 @@ def _check_ranges(req: _Common) -> None:
         raise _bad(f"'stop' takes at most {MAX_STOP_SEQUENCES} non-empty strings", "stop")
     if req.stream_options is not None and not req.stream:
         raise _bad("'stream_options' is only allowed when 'stream' is true", "stream_options")
+    if req.output_format() is not None and stops:  # a stop string would cut the grammar short
+        raise _bad("'stop' cannot be combined with 'response_format'", "stop")
 
 
 def parse_completion(body: bytes) -> CompletionRequest:

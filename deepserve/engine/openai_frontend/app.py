@@ -77,8 +77,9 @@ def _engine_request(request: web.Request, req: Any, prompt: str | None,
         raise oa.OpenAIError(400, f"{TENANT_HEADER} must be at most 128 printable characters")
     given = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
+    fmt = req.output_format()
     return EngineRequest(request_id, prompt, messages, req.max_tokens, req.temperature, req.top_p,
-                         req.seed, req.stop_list(), tenant)
+                         req.seed, req.stop_list(), tenant, fmt.to_json() if fmt else None)
 
 
 async def _first(pieces: AsyncIterator[Piece], chat: bool) -> Piece:

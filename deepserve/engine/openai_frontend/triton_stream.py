@@ -36,6 +36,7 @@ class EngineRequest:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     tenant: str | None = None
+    response_format: str | None = None  # the checked OpenAI object as JSON (constrained output)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ def build_inputs(grpc: Any, req: EngineRequest) -> list[Any]:
         inputs.append(_tensor(grpc, "stop", [s.encode() for s in req.stop], "BYTES", np.object_))
     if req.tenant:
         inputs.append(_tensor(grpc, "tenant", req.tenant.encode(), "BYTES", np.object_))
+    if req.response_format:
+        inputs.append(_tensor(grpc, "response_format", req.response_format.encode(), "BYTES", np.object_))
     return inputs
 
 

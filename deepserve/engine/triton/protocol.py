@@ -34,6 +34,8 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("stop", "TYPE_STRING", (-1,), True, "stop strings; not included in the output"),
     TensorSpec("stream", "TYPE_BOOL", (1,), True, "true (default): one response per token"),
     TensorSpec("tenant", "TYPE_STRING", (1,), True, "caller's tenant tag (untrusted, for usage)"),
+    TensorSpec("response_format", "TYPE_STRING", (1,), True,
+               "OpenAI response_format JSON: json_object, json_schema or regex (constrained output)"),
 )
 
 OUTPUTS: tuple[TensorSpec, ...] = (

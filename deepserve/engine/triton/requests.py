@@ -13,6 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepserve.engine.sampling import InvalidRequestError, SamplingParams
+from deepserve.engine.structured.spec import FIELD as FORMAT_FIELD
+from deepserve.engine.structured.spec import (
+    ResponseFormat,
+    ResponseFormatError,
+    response_format_from_json,
+)
 from deepserve.engine.triton.chat_template import MESSAGES_FIELD, parse_messages
 from deepserve.engine.triton.protocol import DEFAULT_MAX_TOKENS, INPUTS
 
@@ -62,6 +68,17 @@ def _scalar(name: str, array: np.ndarray) -> object:
     return value.item() if hasattr(value, "item") else value
 
 
+def _response_format(raw: str) -> ResponseFormat | None:
+    if not raw:
+        return None
+    if len(raw.encode()) > MAX_PROMPT_BYTES:
+        raise InvalidRequestError(FORMAT_FIELD, f"is larger than {MAX_PROMPT_BYTES} bytes")
+    try:
+        return response_format_from_json(raw)
+    except ResponseFormatError as exc:
+        raise InvalidRequestError(FORMAT_FIELD, str(exc)) from exc
+
+
 def parse_request(inputs: Mapping[str, np.ndarray | None]) -> ParsedRequest:
     """Validate the inputs of one request and return a :class:`ParsedRequest`."""
     unknown = sorted(set(inputs) - set(_SPECS))
@@ -94,6 +111,7 @@ def parse_request(inputs: Mapping[str, np.ndarray | None]) -> ParsedRequest:
         raise InvalidRequestError("tenant", "must be at most 128 printable characters")
     seed = get("seed", None)
     params = SamplingParams(
+        response_format=_response_format(str(get(FORMAT_FIELD, ""))),
         max_tokens=int(get("max_tokens", DEFAULT_MAX_TOKENS)),  # type: ignore[call-overload]
         temperature=float(get("temperature", 0.0)),  # type: ignore[arg-type]
         top_k=int(get("top_k", 0)),  # type: ignore[call-overload]

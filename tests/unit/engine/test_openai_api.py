@@ -48,7 +48,12 @@ def test_good_chat() -> None:
     ("body", "param"),
     [
         (b'{"model":"m","prompt":"x","user":"u"}', "user"),
-        (b'{"model":"m","prompt":"x","response_format":{"type":"json_object"}}', "response_format"),
+        (b'{"model":"m","prompt":"x","logprobs":2}', "logprobs"),
+        (b'{"model":"m","prompt":"x","response_format":{"type":"xml"}}', "response_format"),
+        (b'{"model":"m","prompt":"x","response_format":"json"}', "response_format"),
+        (b'{"model":"m","prompt":"x","response_format":{"type":"json_schema","json_schema":'
+         b'{"name":"s","schema":{"oneOf":[]}}}}', "response_format"),
+        (b'{"model":"m","prompt":"x","stop":"}","response_format":{"type":"json_object"}}', "stop"),
         (b'{"prompt":"x"}', "model"),
         (b'{"model":"m"}', "prompt"),
         (b'{"model":"m","prompt":"x","temperature":"hot"}', "temperature"),
@@ -115,3 +120,14 @@ def test_shapes_are_openai_shapes() -> None:
     )
     assert usage_only["choices"] == [] and usage_only["usage"]["total_tokens"] == 2
     assert DONE_EVENT == b"data: [DONE]\n\n"
+
+
+def test_response_format_is_served() -> None:
+    body = (b'{"model":"m","prompt":"x","response_format":{"type":"json_schema","json_schema":'
+            b'{"name":"s","schema":{"type":"object","properties":{"a":{"type":"integer"}}}}}}')
+    fmt = parse_completion(body).output_format()
+    assert fmt is not None and fmt.type == "json_schema" and fmt.name == "s"
+    chat = parse_chat(b'{"model":"m","messages":[{"role":"user","content":"hi"}],'
+                      b'"response_format":{"type":"regex","regex":"[0-9]+"}}').output_format()
+    assert chat is not None and chat.regex == "[0-9]+"
+    assert parse_completion(b'{"model":"m","prompt":"x","response_format":{"type":"text"}}').output_format() is None
