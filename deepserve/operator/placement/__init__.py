@@ -7,6 +7,7 @@ Pure functions over plain data; the operator feeds it Kubernetes objects as dict
     plan.chosen.pool, plan.chosen.tensor_parallel, plan.reason
 """
 
+from deepserve.operator.placement.discovery import PoolDiscovery
 from deepserve.operator.placement.estimate import Estimate, Workload, estimate
 from deepserve.operator.placement.factors import DEFAULT_FACTORS, EfficiencyFactors
 from deepserve.operator.placement.planner import (
@@ -37,6 +38,7 @@ __all__ = [
     "ModelShape",
     "PlacementPlan",
     "PlacementRequest",
+    "PoolDiscovery",
     "PoolOffer",
     "ShapeError",
     "Workload",

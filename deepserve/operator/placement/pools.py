@@ -238,6 +238,56 @@ class _Group:
     resource: str = ""
 
 
+@dataclass(frozen=True)
+class NodeFacts:
+    """What discovery reads from one GPU node (its pods aside): the pool it joins and why."""
+
+    name: str
+    capacity: int
+    resource: str
+    accelerator_id: str
+    partition: str
+    pool_name: str
+    selector: Mapping[str, str]
+    ready: bool
+
+
+def node_facts(node: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any]],
+               catalog: Catalog) -> NodeFacts | str | None:
+    """The pool ``node`` joins: its facts, a warning (no known accelerator), or None (no GPUs).
+
+    ``declared`` maps GPUNodePool names to their objects, in listing order.
+    """
+    name = (node.get("metadata") or {}).get("name", "?")
+    labels = _labels(node)
+    status = node.get("status") or {}
+    resource, capacity = gpu_quantity(status.get("allocatable") or status.get("capacity"))
+    if capacity <= 0:
+        return None  # CPU-only node
+    acc = catalog.resolve_node_labels(labels)
+    # a MIG slice (mixed strategy: its resource; single strategy: the product label) is
+    # its own accelerator, never the whole card
+    partition = mig_profile(resource) or mig_profile(labels.get("nvidia.com/gpu.product", "")) or ""
+    pool_name = next((n for n, p in declared.items()
+                      if _matches((p.get("spec") or {}).get("nodeSelector") or {}, labels)), "")
+    if acc is None:
+        if pool_name:
+            acc_id = str((declared[pool_name].get("spec") or {}).get("acceleratorId", ""))
+            acc = catalog.get(acc_id) if acc_id in catalog else None
+        if acc is None:
+            shown = {k: v for k, v in labels.items() if "gpu" in k or "accelerator" in k}
+            return (f"node {name}: {capacity} {resource} but no known accelerator "
+                    f"label ({shown or 'none'}); left out")
+    if not pool_name:
+        key = next((k for k in POOL_LABELS if k in labels), "")
+        pool_name = labels[key] if key else (
+            f"{acc.id}-mig-{partition}-x{capacity}" if partition else f"{acc.id}-x{capacity}")
+        selector = {key: labels[key]} if key else _identifying_label(catalog, labels, acc.id)
+    else:
+        selector = dict((declared[pool_name].get("spec") or {}).get("nodeSelector") or {})
+    return NodeFacts(name, capacity, resource, acc.id, partition, pool_name, selector, _node_ready(node))
+
+
 def discover_pools(
     nodes: list[dict], pods: list[dict], gpu_node_pools: list[dict],
     catalog: Catalog | None = None,
@@ -253,48 +303,34 @@ def discover_pools(
     no label identifies are reported in ``unknown`` and left out, never guessed.
     """
     catalog = catalog or load_catalog()
+    declared = {(p.get("metadata") or {}).get("name", ""): p for p in gpu_node_pools}
+    return pools_from_facts([node_facts(n, declared, catalog) for n in nodes], pods, declared, catalog)
+
+
+def pools_from_facts(facts: Iterable[NodeFacts | str | None], pods: list[dict],
+                     declared: Mapping[str, Mapping[str, Any]], catalog: Catalog) -> DiscoveredPools:
+    """The pools of :func:`discover_pools` from its nodes' :func:`node_facts`, in node order."""
     used = _used_by_node(pods)
     unknown: list[str] = []
     groups: dict[str, _Group] = {}
-    declared = {(p.get("metadata") or {}).get("name", ""): p for p in gpu_node_pools}
-    for node in nodes:
-        name = (node.get("metadata") or {}).get("name", "?")
-        labels = _labels(node)
-        status = node.get("status") or {}
-        resource, capacity = gpu_quantity(status.get("allocatable") or status.get("capacity"))
-        if capacity <= 0:
-            continue  # CPU-only node
-        acc = catalog.resolve_node_labels(labels)
-        # a MIG slice (mixed strategy: its resource; single strategy: the product label) is
-        # its own accelerator, never the whole card
-        partition = mig_profile(resource) or mig_profile(labels.get("nvidia.com/gpu.product", "")) or ""
-        pool_name = next((n for n, p in declared.items()
-                          if _matches((p.get("spec") or {}).get("nodeSelector") or {}, labels)), "")
-        if acc is None:
-            if pool_name:
-                acc_id = str((declared[pool_name].get("spec") or {}).get("acceleratorId", ""))
-                acc = catalog.get(acc_id) if acc_id in catalog else None
-            if acc is None:
-                shown = {k: v for k, v in labels.items() if "gpu" in k or "accelerator" in k}
-                unknown.append(f"node {name}: {capacity} {resource} but no known accelerator "
-                               f"label ({shown or 'none'}); left out")
-                continue
-        if not pool_name:
-            key = next((k for k in POOL_LABELS if k in labels), "")
-            pool_name = labels[key] if key else (
-                f"{acc.id}-mig-{partition}-x{capacity}" if partition else f"{acc.id}-x{capacity}")
-            selector = {key: labels[key]} if key else _identifying_label(catalog, labels, acc.id)
-        else:
-            selector = dict((declared[pool_name].get("spec") or {}).get("nodeSelector") or {})
-        grp = groups.setdefault(pool_name, _Group(selector, acc.id, partition=partition,
-                                                  resource=resource))
-        if (grp.accelerator_id, grp.partition) != (acc.id, partition):
-            unknown.append(f"node {name}: accelerator {acc.id}{' MIG ' + partition if partition else ''} "
+    for fact in facts:
+        if fact is None:
+            continue
+        if isinstance(fact, str):
+            unknown.append(fact)
+            continue
+        name, capacity, partition, pool_name = fact.name, fact.capacity, fact.partition, fact.pool_name
+        grp = groups.get(pool_name)
+        if grp is None:
+            grp = groups[pool_name] = _Group(dict(fact.selector), fact.accelerator_id, partition=partition,
+                                             resource=fact.resource)
+        if (grp.accelerator_id, grp.partition) != (fact.accelerator_id, partition):
+            unknown.append(f"node {name}: accelerator {fact.accelerator_id}{' MIG ' + partition if partition else ''} "
                            f"differs from pool {pool_name}'s {grp.accelerator_id}"
                            f"{' MIG ' + grp.partition if grp.partition else ''}; left out")
             continue
         grp.gpus_per_node = max(grp.gpus_per_node, capacity)
-        if _node_ready(node):
+        if fact.ready:
             grp.nodes += 1
             grp.free.append(max(0, capacity - used.get(name, 0)))
 
