@@ -15,6 +15,7 @@ from deepserve.engine.options import EngineOptions
 from deepserve.engine.precision.adaptive import DTYPES
 from deepserve.engine.runtime import InferenceEngine
 from deepserve.engine.sources import resolve_model_dir
+from deepserve.engine.speculative import SpeculativeDecoder
 from deepserve.engine.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,11 @@ def build_engine(options: EngineOptions) -> InferenceEngine:
     if compile_decode and features.sparse is not None:
         log.warning("compile: off with sparse attention (data-dependent selection)")
         compile_decode = False
+    speculative = None
+    if options.speculative_model:  # the draft loads in the target's dtype on the same device
+        draft = load_transformer(resolve_model_dir(options.speculative_model), device=device,
+                                 dtype=DTYPES[precision])
+        speculative = SpeculativeDecoder(draft, options.speculative_tokens)
     return InferenceEngine(
         model, tokenizer,  # paged: concurrency bounded by blocks, not by whole-length slots
         slots=options.max_batch_size if options.kv_page_tokens else options.cache_slots,
@@ -64,4 +70,5 @@ def build_engine(options: EngineOptions) -> InferenceEngine:
         max_new_tokens_limit=options.max_new_tokens_limit, precision=features.precision,
         compile_decode=compile_decode, features=features, kv_cache_dtype=options.kv_cache_dtype,
         kv_page_tokens=options.kv_page_tokens, prefill_chunk_tokens=options.prefill_chunk_tokens,
+        speculative=speculative,
         kv_blocks=options.kv_cache_tokens // options.kv_page_tokens if options.kv_page_tokens else 0)

@@ -135,6 +135,8 @@ class EngineOptions:
     kv_cache_dtype: str = "auto"  # "fp8": E4M3 KV cache, half the bytes (issue #19.3)
     kv_page_tokens: int = 0  # > 0: paged KV cache with blocks of this many tokens (issue #19.3)
     prefill_chunk_tokens: int = 0  # > 0: prompt tokens prefilled per step between decodes (#19.4)
+    speculative_model: str = ""  # a draft model's source: speculative decoding (#19.7); "": off
+    speculative_tokens: int = 4  # draft tokens proposed per step
     adapters: tuple[AdapterOptions, ...] = ()  # LoRA adapters (issue #19.5)
     max_resident_adapters: int = 4  # adapters held on the device at once (LRU beyond)
     max_adapter_rank: int = 16  # the resident pool's rank; larger adapters are refused
@@ -182,6 +184,7 @@ class EngineOptions:
             raise EngineOptionsError("compile", "must be a boolean")
         _require_int("kv_page_tokens", self.kv_page_tokens, 0, 4096)
         _require_int("prefill_chunk_tokens", self.prefill_chunk_tokens, 0)
+        self._check_speculative()
         if self.kv_cache_dtype not in ("auto", "fp8"):
             raise EngineOptionsError("kv_cache_dtype", f"must be 'auto' or 'fp8', got {self.kv_cache_dtype!r}")
         self._check_adapters()
@@ -202,6 +205,22 @@ class EngineOptions:
             if a.rank > self.max_adapter_rank:
                 raise EngineOptionsError(f"adapters[{a.name}].rank",
                                          f"{a.rank} exceeds max_adapter_rank {self.max_adapter_rank}")
+
+    def _check_speculative(self) -> None:
+        _require_str("speculative_model", self.speculative_model)
+        _require_int("speculative_tokens", self.speculative_tokens, 1, 16)
+        if not self.speculative_model:
+            return
+        refused = {"kv_page_tokens": self.kv_page_tokens > 0,
+                   "sparse_attention": self.sparse_attention.enabled,
+                   "tensor_parallel": self.tensor_parallel > 1,
+                   "pipeline_parallel": self.pipeline_parallel > 1,
+                   "compile": self.compile,
+                   "adapters": bool(self.adapters)}
+        for name, on in refused.items():
+            if on:
+                raise EngineOptionsError("speculative_model",
+                                         f"speculative decoding does not run with {name} yet")
 
     @property
     def max_sequence_tokens(self) -> int:

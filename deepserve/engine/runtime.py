@@ -38,6 +38,7 @@ from deepserve.engine.sampling import (
     make_generator,
     sample_token,
 )
+from deepserve.engine.speculative import SpeculativeDecoder, speculative_round
 from deepserve.engine.structured.grammar import GrammarCompiler, TokenConstraint, mask_logits
 from deepserve.engine.tokenizer import StreamDecoder, TextTokenizer
 
@@ -84,7 +85,8 @@ class InferenceEngine:
                  compile_decode: bool = False, features: EngineFeatures | None = None,
                  warm_up: bool | None = None, kv_cache_dtype: str = "auto",
                  kv_page_tokens: int = 0, kv_blocks: int = 0,
-                 prefill_chunk_tokens: int = 0) -> None:
+                 prefill_chunk_tokens: int = 0,
+                 speculative: SpeculativeDecoder | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         # features (sparse attention, adaptive precision, prefix cache); all off by default
         self.features = features or EngineFeatures(precision=precision)
@@ -99,6 +101,10 @@ class InferenceEngine:
             raise ValueError("kv_cache_dtype: fp8 is not supported with sparse attention")
         self.kv_cache_dtype = kv_cache_dtype
         self.paged: PagedSlots | None = None  # paged KV cache: blocks on demand
+        # speculative decoding: a draft model proposes, one target pass verifies
+        self.speculative = speculative
+        if speculative is not None and (kv_page_tokens or self.features.sparse is not None):
+            raise ValueError("speculative_model: not with kv_page_tokens or sparse attention")
         if kv_page_tokens:
             if self.features.prefix_cache is not None or self.features.sparse is not None:
                 raise ValueError("kv_page_tokens: a paged cache shares prefixes itself; not "
@@ -107,7 +113,10 @@ class InferenceEngine:
             self.paged = PagedSlots(model, self.max_seq_len, kv_page_tokens, kv_blocks or slots * width,
                                     KV_CACHE_DTYPES[kv_cache_dtype])
         else:
-            model.setup_caches(slots, self.max_seq_len, KV_CACHE_DTYPES[kv_cache_dtype])
+            spare = speculative.extra_rows if speculative is not None else 0  # rows for guesses
+            model.setup_caches(slots, self.max_seq_len + spare, KV_CACHE_DTYPES[kv_cache_dtype])
+            if speculative is not None:
+                speculative.setup(slots, self.max_seq_len, model.args.vocab_size)
         self.slots = slots
         if prefill_chunk_tokens < 0:
             raise ValueError(f"prefill_chunk_tokens: must be >= 0, got {prefill_chunk_tokens}")
@@ -288,6 +297,8 @@ class InferenceEngine:
                 cache = self._prefix_cache_for(seq)
                 if cache is not None:
                     cache.store(seq.slot, seq.prompt_ids)
+            if self.speculative is not None:
+                self.speculative.prefill(seq.slot, seq.prompt_ids)
             seq.prefill_pos, seq.next_pos = None, total
             if seq.constraint is not None:
                 self._constrain(logits.unsqueeze(0), {0: seq.constraint})
@@ -307,6 +318,9 @@ class InferenceEngine:
             tokens[slot] = seq.last_token
             positions[slot] = seq.next_pos if seq.prefill_pos is None else seq.prefill_pos
         precision = self.features.batch_precision(s.precision for s in decoding.values())
+        if self.speculative is not None:
+            self._speculate(decoding, width, precision)
+            return
         self.features.bind_adapters([self._running[s].adapter_slot if s in self._running else 0
                                      for s in range(width)])
         with self.features.compute(precision):
@@ -322,6 +336,33 @@ class InferenceEngine:
             token = greedy[slot] if seq.params.greedy else sample_token(
                 logits[slot], seq.params, seq.generator)
             self._accept(seq, token)
+
+    def _speculate(self, decoding: dict[int, _Sequence], width: int, precision: str) -> None:
+        """One speculative round (:mod:`deepserve.engine.speculative`): each decoding
+        sequence emits 1..k+1 tokens, the same as plain decoding would (greedy) or
+        distributed as it (sampled)."""
+        spec = self.speculative
+        assert spec is not None
+        pads = {slot: seq.prefill_pos for slot, seq in self._running.items() if seq.prefill_pos is not None}
+        guessing = {slot for slot, seq in decoding.items() if seq.constraint is None}
+
+        def target(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            with self.features.compute(precision):
+                return self.model(tokens.to(self.device), positions.to(self.device), None).float()
+
+        logits, guesses, probs = speculative_round(spec, target, width, decoding, guessing, pads)
+        first = logits[:, 0].contiguous()  # [W, V]: constrained rows use only this, masked
+        self._constrain(first, {slot: seq.constraint for slot, seq in decoding.items()
+                                if seq.constraint is not None})
+        for slot, seq in decoding.items():
+            tokens = (spec.verify(logits[slot], guesses, probs, slot, seq) if slot in guessing
+                      else [sample_token(first[slot], seq.params, seq.generator)])
+            spec.stats.emitted += len(tokens)
+            for token in tokens:
+                seq.next_pos += 1
+                self._accept(seq, token)
+                if self._running.get(slot) is not seq:  # finished (stop, length, eos)
+                    break
 
     def _constrain(self, logits: torch.Tensor, rows: dict[int, TokenConstraint]) -> None:
         """Mask ``logits`` [B, V] in place to what each constrained row's grammar allows."""

@@ -26,6 +26,8 @@ from deepserve.engine.fetch import FetchError, fetch, fetched_model_dir
 log = logging.getLogger(__name__)
 
 BUILTIN_ARCHS = BUILTIN_MODELS  # builtin://<name> -> architecture (torch-free, for admission)
+# engine-side only (a draft for EngineOptions.speculative_model, not an InferenceModel source)
+DRAFT_MODELS = {"tiny-chat-draft": "llama"}
 
 
 class ModelSourceError(ValueError):
@@ -42,7 +44,7 @@ def resolve_model_dir(source: str, revision: str | None = None) -> str:
     """Return a local directory holding config.json, *.safetensors and tokenizer.json."""
     if source.startswith("builtin://"):
         name = source[len("builtin://"):]
-        arch = BUILTIN_ARCHS.get(name)
+        arch = BUILTIN_ARCHS.get(name) or DRAFT_MODELS.get(name)
         if arch is None:
             raise ModelSourceError(f"model source {source!r}: unknown built-in model; "
                                    f"known: {', '.join(sorted(BUILTIN_ARCHS))}")
@@ -55,6 +57,10 @@ def resolve_model_dir(source: str, revision: str | None = None) -> str:
             tmp = out.with_name(out.name + f".tmp{os.getpid()}")
             if name == "tiny-chat":  # trained here (~30 s of one core), not random weights
                 make_tiny_chat_checkpoint(tmp)
+            elif name == "tiny-chat-draft":
+                from deepserve.engine.tiny_chat import DRAFT_SHAPE
+
+                make_tiny_chat_checkpoint(tmp, shape=DRAFT_SHAPE)
             else:
                 make_tiny_checkpoint(tmp, arch, seed=0)
             out.parent.mkdir(parents=True, exist_ok=True)
