@@ -33,7 +33,8 @@ local ``go``) share CPU 1. A Python load generator costs about as much per reque
 gateway, so it cannot drive one gateway process to its limit on two cores. Per run: max
 non-streaming req/s of the one process (32 callers) and its CPU µs per request; p50/p99
 direct to the pod and through the gateway at ``--rate`` (default 1,000) req/s open loop;
-streaming time to the first SSE event at ``--stream-rate``; with ``--litellm``, LiteLLM's
+streaming time to the first SSE event at ``--stream-rate``; as a control, p50/p99 of the
+aiohttp fake pod (a Python server that proxies nothing) on CPU 0 at the same rate; with ``--litellm``, LiteLLM's
 proxy pinned to the same core in front of the same pod, chat completions (max req/s; p50/p99
 at ``--lite-rate``), beside the gateway's chat figures.
 """
@@ -435,6 +436,9 @@ def pinned(args: argparse.Namespace) -> None:
         procs.append(pod_proc)
         gw_proc, gw = _spawn("gateway", pod, cpus=gw_cpu)
         procs.append(gw_proc)
+        # control: the aiohttp fake pod (a Python server doing no proxying) on the gateway's core
+        py_proc, py_pod = _spawn("pod", cpus=gw_cpu)
+        procs.append(py_proc)
         lite, lite_proc = None, None
         if args.litellm:
             lite_proc, lite = _start_litellm(args.litellm, pod, cpus=gw_cpu)
@@ -460,6 +464,9 @@ def pinned(args: argparse.Namespace) -> None:
                 add(f"direct {q} ms @{args.rate:g}/s", direct[f"{q}_ms"])
                 add(f"gateway {q} ms @{args.rate:g}/s", through[f"{q}_ms"])
                 add(f"overhead {q} ms @{args.rate:g}/s", through[f"{q}_ms"] - direct[f"{q}_ms"])
+            py_at = run(py_pod + c, rate=args.rate)
+            for q in ("p50", "p99"):
+                add(f"control: aiohttp pod alone on CPU 0 {q} ms @{args.rate:g}/s", py_at[f"{q}_ms"])
             sbody = {**BODY, "stream": True}
             t_direct = run(pod + c, rate=args.stream_rate, stream=True, body=sbody)
             t_gw = run(gw + c, rate=args.stream_rate, stream=True, body=sbody)
