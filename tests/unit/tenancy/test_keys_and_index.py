@@ -140,3 +140,71 @@ def test_suspended_and_malformed_are_refused() -> None:
     index = KeyIndex(seam, "ns", clock=lambda: T0)
     index.refresh()
     assert index.authenticate(frozen) is None and index.authenticate(bad) is None
+
+
+class WatchSeam(ListSeam):
+    """ListSeam plus ``watch``: events come from a queue; ``watch_fails`` makes every watch raise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import queue
+
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.watch_fails = False
+        self.lists = 0
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None,
+             label_selector: str | None = None) -> list[dict[str, Any]]:
+        self.lists += 1
+        return super().list(api_version, kind, namespace, label_selector)
+
+    def watch(self, api_version: str, kind: str, namespace: str | None = None, *,
+              label_selector: str | None = None, timeout_s: int = 300) -> Any:
+        if self.watch_fails:
+            raise ConnectionError("watch refused")
+        while True:
+            yield self.events.get()
+
+
+def _until(check: Any, timeout: float = 2.0) -> float:
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, "not within the deadline"
+        time.sleep(0.005)
+    return time.monotonic() - start
+
+
+def test_a_watch_event_relists_at_once_not_at_the_interval() -> None:
+    seam = WatchSeam()
+    key = seam.mint()
+    index = KeyIndex(seam, "ns", interval_s=60.0, max_staleness_s=120.0, clock=lambda: T0)
+    index.start()
+    try:
+        assert index.authenticate(key) is not None
+        seam.secrets.clear()  # revoked; without an event the 60 s relist would not see it yet
+        time.sleep(0.05)
+        assert index.authenticate(key) is not None
+        seam.events.put({"type": "BOOKMARK", "object": {}})  # bookmarks are not changes
+        time.sleep(0.05)
+        assert index.authenticate(key) is not None
+        seam.events.put({"type": "DELETED", "object": {}})
+        assert _until(lambda: index.authenticate(key) is None) < 1.0
+    finally:
+        index.stop()
+        seam.events.put({"type": "DELETED", "object": {}})  # let the watch threads see the stop
+        seam.events.put({"type": "DELETED", "object": {}})
+
+
+def test_with_the_watch_failing_the_relist_still_refuses_revoked_keys() -> None:
+    seam = WatchSeam()
+    seam.watch_fails = True
+    key = seam.mint()
+    index = KeyIndex(seam, "ns", interval_s=0.05, clock=lambda: T0)
+    index.start()
+    try:
+        assert index.authenticate(key) is not None
+        seam.secrets.clear()
+        assert _until(lambda: index.authenticate(key) is None) < 1.0
+        assert index.watch_events == 0 and index.healthy
+    finally:
+        index.stop()
