@@ -23,6 +23,7 @@ from deepserve.operator.controller.observed import ChildRef, DeploymentState, Po
 from deepserve.operator.controller.planning import PlanOutcome, plan
 from deepserve.operator.controller.status import StatusInputs, compute_status
 from deepserve.operator.controller.usage_credentials import UsageCredentials
+from deepserve.operator.kube import KubeError
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,23 @@ class ChildRejected(RuntimeError):
         self.kind, self.name, self.status, self.message = kind, name, status, message
 
 
+# A 422 that names no fault of the object: kube-apiserver answers "Invalid" when its ClusterIP
+# or NodePort allocator cannot reach etcd ('spec.clusterIPs: Invalid value: [""]: failed to
+# allocate IP: rpc error: code = Unavailable ...', seen with etcd restarting mid-reconcile).
+STORAGE_UNAVAILABLE = ("rpc error: code = Unavailable", "rpc error: code = DeadlineExceeded",
+                       "etcdserver: request timed out", "etcdserver: leader changed")
+
+
 def _refusal(obj: dict[str, Any], error: Exception) -> ChildRejected | None:
+    """The refusal ``error`` is, or None when it is not one (then it is retried as a transient
+    failure: a storage outage surfaced as a 422 is raised as a 503, never reported as a
+    rejected child with a Warning Event and a long backoff)."""
     status = getattr(error, "status", None)
     if status not in REFUSED_STATUSES:
         return None
+    message = str(getattr(error, "message", error))
+    if any(m in message for m in STORAGE_UNAVAILABLE):
+        raise KubeError(503, "ServiceUnavailable", message[:2000]) from error
     return ChildRejected(obj["kind"], obj["metadata"]["name"], int(status or 0),
                          str(getattr(error, "message", error))[:2000])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from ops_helpers import IM, condition, wait_for
 
 from deepserve.operator.kube import Kube
@@ -34,14 +35,38 @@ def must_get(kube: Kube, api_version: str, kind: str, name: str, namespace: str 
 
 
 def ready(kube: Kube, namespace: str, name: str, generation: int = 1, timeout: float = 120) -> dict[str, Any]:
-    """Wait until the model is Ready at ``generation``; returns it."""
+    """Wait until the model is Ready at ``generation``; returns it. On a timeout the failure shows
+    the model's last status and its Deployment's and pods' states (what was stuck)."""
+    seen: dict[str, Any] = {}
+
     def check() -> dict[str, Any] | None:
         obj = kube.get(IM, "InferenceModel", name, namespace)
         st = (obj or {}).get("status") or {}
+        seen["status"] = {"observedGeneration": st.get("observedGeneration"),
+                          "conditions": [(c.get("type"), c.get("status"), c.get("reason"))
+                                         for c in st.get("conditions") or []]}
         ok = st.get("observedGeneration") == generation and condition(obj, "Ready").get("status") == "True"
         return obj if ok else None
 
-    return wait_for(check, f"{name} Ready at generation {generation}", timeout)
+    try:
+        return wait_for(check, f"{name} Ready at generation {generation}", timeout)
+    except pytest.fail.Exception as e:
+        raise AssertionError(f"{e}\n  last status: {seen.get('status')}\n  children: {_stuck(kube, namespace, name)}") from None
+
+
+def _stuck(kube: Kube, namespace: str, name: str) -> list[Any]:
+    """The model's Deployments (replicas, ready, generation observed) and pods (node, phase)."""
+    try:
+        out: list[Any] = []
+        for d in kube.list("apps/v1", "Deployment", namespace, label_selector=f"deepserve.io/model={name}"):
+            st = d.get("status") or {}
+            out.append(("Deployment", d["metadata"]["name"], d["metadata"].get("generation"),
+                        st.get("observedGeneration"), st.get("replicas"), st.get("readyReplicas")))
+        for p in kube.list("v1", "Pod", namespace, label_selector=f"deepserve.io/model={name}"):
+            out.append(("Pod", p["metadata"]["name"], p["spec"].get("nodeName"), (p.get("status") or {}).get("phase")))
+        return out
+    except Exception as e:  # the diagnosis must not hide the failure
+        return [repr(e)]
 
 
 def assert_one_owned_set_per_model(kube: Kube, namespace: str, names: list[str]) -> None:

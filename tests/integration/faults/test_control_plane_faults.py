@@ -40,8 +40,11 @@ def test_control_plane_crash_mid_reconcile_converges_without_duplicates(
         faults.start(component)
     if crashed == ("etcd",):
         wait_for(faults.local.healthy, "the API server healthy with etcd back", 60)
-    for n in names:
-        ready(kube, namespace, n)
+    try:
+        for n in names:
+            ready(kube, namespace, n)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n--- operator log (tail) ---\n{op.log()[-6000:]}") from None
     assert op.proc.poll() is None, "the operator exited instead of reconnecting"
     after = uids(children(kube, namespace))
     assert {k: after.get(k) for k in before} == before  # nothing seen before the crash was re-created

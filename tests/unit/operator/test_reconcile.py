@@ -253,6 +253,20 @@ def test_a_transient_write_error_is_not_a_refusal() -> None:
     assert _condition(api.status_patches[-1], "Degraded")["reason"] == "ApplyFailed"
 
 
+def test_a_422_from_an_unreachable_etcd_is_retried_as_transient_not_a_rejected_child() -> None:
+    from deepserve.operator.kube import KubeError
+
+    # what kube-apiserver answered while etcd restarted (the ClusterIP allocator could not reach it)
+    api, applied = FakeApi(), {}
+    api.refuse["Service"] = KubeError(422, "Invalid", 'Service "u-main" is invalid: spec.clusterIPs: Invalid '
+                                      'value: [""]: failed to allocate IP: rpc error: code = Unavailable desc = '
+                                      "error reading from server: connection reset by peer")
+    result, _ = run(api, model_obj(make_model("u")), applied)
+    assert isinstance(result.failure, KubeError) and result.failure.status == 503
+    assert "ChildRejected" not in [r for t, r, _ in result.events]  # not reported as a refusal of the spec
+    assert _condition(api.status_patches[-1], "Degraded")["reason"] == "ApplyFailed"
+
+
 def test_degraded_pods_post_one_warning_event_per_reason() -> None:
     from deepserve.operator.controller.observed import PodState
 
