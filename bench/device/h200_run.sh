@@ -7,6 +7,7 @@
 #   bash bench/device/h200_run.sh tests attention compiled     # call 2
 #   bash bench/device/h200_run.sh tests serving                # issue 19: items 1-2
 #   bash bench/device/h200_run.sh kvfp8                        # issue 19: item 3 (fp8 KV)
+#   bash bench/device/h200_run.sh chunked speculative          # issue 19: items 4 and 7 (planned)
 #   bash bench/device/h200_run.sh triton    # carry .whl (numpy 1.26, tritonclient, rapidjson)
 #       and .devcarry/th.tar.xz (tritonserver, Python backend, 3.12 stub, their libraries)
 set -uo pipefail
@@ -26,6 +27,10 @@ for step in "$@"; do
     throughput) timeout 300 python3 bench/bench_h200.py --batch --compile --tune --no-hf --skip-memory --throughput-seqs 256 --out "$OUT/throughput.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/throughput.log" ;;
     serving) timeout 460 python3 bench/bench_serving.py --out "$OUT/serving.json" 2>&1 | tee "$OUT/serving.log" ;;
     kvfp8) timeout 560 python3 bench/bench_kv_fp8.py --out "$OUT/kv_fp8.json" 2>&1 | tee "$OUT/kv_fp8.log" ;;
+    chunked) timeout 500 python3 bench/bench_chunked_prefill.py --device cuda --prompts 128,1024,4096,16384,32768,512 \
+        --chunks 256,512,2048 --every 16 --decoders 16 2>&1 | tee "$OUT/chunked_prefill.log" ;;
+    speculative) DEEPSERVE_CACHE_DIR=/tmp/ds-models timeout 300 python3 bench/bench_speculative.py --device cuda \
+        --batches 1,16 --prompt-set novel 2>&1 | tee "$OUT/speculative.log" ;;
     triton)  # the Triton Python backend stub needs numpy<2 (NOTES.md): swap it in, last step;
       # the stub runs Python isolated (no PYTHONPATH), so the shim goes in as a .pth file
       python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl \

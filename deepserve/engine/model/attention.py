@@ -88,6 +88,13 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return F.scaled_dot_product_attention(
             q, k[:, :, :seqlen].to(q.dtype), v[:, :, :seqlen].to(q.dtype), is_causal=True, scale=scale,
             enable_gqa=k.shape[1] != q.shape[1])
+    elif seqlen > 1:
+        # a prompt chunk (or speculative check) after cached rows: read only the rows up to
+        # the last position, not the whole cache (masked rows add exactly 0 either way)
+        rows = int(batch.positions.max()) + 1
+        if rows < k.shape[2]:
+            return sdpa_attention(q, k[:, :, :rows], v[:, :, :rows],
+                                  replace(batch, mask=batch.mask[..., :rows]), scale, layer)
     return sdpa_attention(q, k, v, batch, scale, layer)
 
 
