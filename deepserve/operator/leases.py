@@ -89,6 +89,8 @@ class LeaderElector:
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
         self.last_renewed = float("-inf")  # monotonic time of the last successful write as holder
+        self.last_attempt = float("-inf")  # monotonic time of the last try, successful or not (liveness)
+        self.leading = False
 
     @property
     def _path(self) -> str:
@@ -111,6 +113,7 @@ class LeaderElector:
         """
         timeout = self.config.renew_s
         now = _micro_time(self._wall())
+        self.last_attempt = self._clock()
         try:
             lease = self.kube.request("GET", self._path, timeout=timeout)
         except KubeError as e:
@@ -204,12 +207,13 @@ def lost_leadership_exit(reason: str) -> None:
 
 
 def run_as_leader(kube: Kube, config: LeaseConfig, run: Callable[[], None],
-                  on_lost: Callable[[str], None] = lost_leadership_exit) -> bool:
+                  on_lost: Callable[[str], None] = lost_leadership_exit,
+                  elector: LeaderElector | None = None) -> bool:
     """Wait for the Lease, then ``run()`` (blocking) while a thread renews it; release it after.
 
     Returns False when interrupted before becoming leader.
     """
-    elector = LeaderElector(kube, config)
+    elector = elector or LeaderElector(kube, config)
     stop = threading.Event()
     try:
         if not elector.acquire(stop):
@@ -221,18 +225,19 @@ def run_as_leader(kube: Kube, config: LeaseConfig, run: Callable[[], None],
     renewer = threading.Thread(target=elector.keep_renewing, args=(stop, on_lost), name="lease-renewer",
                                daemon=True)
     renewer.start()
+    elector.leading = True
     try:
         run()
     finally:
+        elector.leading = False
         stop.set()
         renewer.join(config.renew_s + 1)
         elector.release()
     return True
 
 
-def run_leader_elected(kubeconfig: str | None, lease: str, duration_s: float, renew_s: float,
-                       run: Callable[[], None]) -> int:
-    """``deepserve operator run --leader-elect NAMESPACE/NAME``: run() only while holding that Lease.
+def lease_config(lease: str, duration_s: float, renew_s: float) -> LeaseConfig:
+    """The LeaseConfig of ``--leader-elect NAMESPACE/NAME --lease-duration --lease-renew``.
 
     Exits (SystemExit) naming the flag when ``lease`` or the timings are malformed.
     """
@@ -240,12 +245,32 @@ def run_leader_elected(kubeconfig: str | None, lease: str, duration_s: float, re
     if not sep or not namespace or not name:
         raise SystemExit(f"--leader-elect {lease!r}: expected NAMESPACE/NAME of a Lease")
     try:
-        config = LeaseConfig(namespace=namespace, name=name, duration_s=duration_s, renew_s=renew_s,
-                             retry_s=min(1.0, renew_s))
+        return LeaseConfig(namespace=namespace, name=name, duration_s=duration_s, renew_s=renew_s,
+                           retry_s=min(1.0, renew_s))
     except ValueError as e:
         raise SystemExit(f"--lease-duration/--lease-renew: {e}") from None
+
+
+def run_leader_elected(kubeconfig: str | None, lease: str, duration_s: float, renew_s: float,
+                       run: Callable[[], None], health: str = "") -> int:
+    """``deepserve operator run --leader-elect NAMESPACE/NAME``: run() only while holding that Lease.
+
+    ``health``: HOST:PORT of the probe endpoint, answered by a standby too (see health.py).
+    Exits (SystemExit) naming the flag when ``lease`` or the timings are malformed.
+    """
+    from deepserve.operator.health import HealthServer, loop_alive
+
+    config = lease_config(lease, duration_s, renew_s)
     kube = Kube.from_kubeconfig(kubeconfig)
+    elector = LeaderElector(kube, config)
+    server = None
+    if health:
+        stale_s = max(30.0, 3 * config.duration_s)
+        server = HealthServer.start(health, lambda: loop_alive(elector.last_attempt, stale_s, {
+            "role": "leader" if elector.leading else "standby", "identity": elector.identity}))
     try:
-        return 0 if run_as_leader(kube, config, run) else 1
+        return 0 if run_as_leader(kube, config, run, elector=elector) else 1
     finally:
+        if server is not None:
+            server.stop()
         kube.close()

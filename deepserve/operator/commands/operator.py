@@ -37,6 +37,12 @@ def register(sub: Any) -> None:
                      help="with --leader-elect: how long a Lease not renewed stays the holder's")
     run.add_argument("--lease-renew", type=_seconds, default=3.0, metavar="SECONDS",
                      help="with --leader-elect: how often the leader renews the Lease")
+    run.add_argument("--shards", type=_shard_count, default=0, metavar="S",
+                     help="with --leader-elect NAMESPACE/NAME: every replica acts, each on the models of the "
+                          "shards it holds (S Leases NAME-shard-<i>, objects hashed by namespace/name; "
+                          "docs/operator.md); 0: one leader")
+    run.add_argument("--health-address", default="", metavar="HOST:PORT",
+                     help="serve /healthz and /readyz here in every role, a standby's too (docs/chart.md)")
     run.add_argument("--engine-image", default="ghcr.io/deepserve/engine:latest",
                      help="default Triton + deepserve engine image")
     run.add_argument("--usage-endpoint", default="", help="URL engines ship usage events to")
@@ -86,6 +92,15 @@ def _seconds(value: str) -> float:
     if not out >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {value}")
     return out
+
+
+def _shard_count(value: str) -> int:
+    """argparse type: 0 (no sharding) or 1..1024 shards."""
+    from deepserve.operator.sharding import MAX_SHARDS
+
+    if not value.isdigit() or int(value) > MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"expected 0..{MAX_SHARDS}, got {value!r}")
+    return int(value)
 
 
 def _gen_crds(args: argparse.Namespace) -> int:
@@ -199,6 +214,13 @@ def engine_policy(enabled: str, release_namespace: str, metrics_from: str,
 
 def _run(args: argparse.Namespace) -> int:
     activators = _activators(args.activator)
+    if args.shards and not args.leader_elect:
+        raise SystemExit("--shards: needs --leader-elect NAMESPACE/NAME (where the shard Leases live)")
+    shard_set = None
+    if args.shards:
+        from deepserve.operator.sharding import ShardSet
+
+        shard_set = ShardSet(args.shards)
     if args.ingest_key_file:
         from deepserve.operator.metering.credentials import CredentialError, IngestKeyFile
 
@@ -228,7 +250,8 @@ def _run(args: argparse.Namespace) -> int:
                                    allow_pool_move=args.allow_pool_move,
                                    activators=activators) if args.autoscale_tick > 0 else None
     options = OperatorOptions(kubeconfig=args.kubeconfig, settings=settings, resync_seconds=args.resync_seconds,
-                              autoscaler=autoscaler, ingest_key_file=args.ingest_key_file or None)
+                              autoscaler=autoscaler, ingest_key_file=args.ingest_key_file or None,
+                              shards=shard_set)
     registry = kopf.OperatorRegistry()
     register(registry, options, gateway_api)
     standalone = args.standalone or bool(args.leader_elect)  # the Lease, not kopf peering, picks who acts
@@ -246,12 +269,27 @@ def _run(args: argparse.Namespace) -> int:
             liveness_endpoint=args.liveness or None, memo=kopf.Memo(),
         )
 
-    if not args.leader_elect:
-        run_kopf()
-        return 0
-    from deepserve.operator.leases import run_leader_elected
+    if shard_set is not None:
+        from deepserve.operator.sharding import run_sharded
 
-    return run_leader_elected(args.kubeconfig, args.leader_elect, args.lease_duration, args.lease_renew, run_kopf)
+        return run_sharded(args.kubeconfig, args.leader_elect, args.lease_duration, args.lease_renew, shard_set,
+                           run_kopf, health=args.health_address)
+    if args.leader_elect:
+        from deepserve.operator.leases import run_leader_elected
+
+        return run_leader_elected(args.kubeconfig, args.leader_elect, args.lease_duration, args.lease_renew,
+                                  run_kopf, health=args.health_address)
+    server = None
+    if args.health_address:  # no Lease loop: healthy while the process runs
+        from deepserve.operator.health import HealthServer
+
+        server = HealthServer.start(args.health_address, lambda: (True, {"role": "single"}))
+    try:
+        run_kopf()
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
 
 
 if __name__ == "__main__":

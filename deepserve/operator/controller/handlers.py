@@ -59,6 +59,7 @@ from deepserve.operator.controller.snapshot import (
 from deepserve.operator.controller.usage_credentials import UsageCredentials
 from deepserve.operator.kube import Kube, KubeError, connection_fields
 from deepserve.operator.metering.credentials import IngestKeyFile
+from deepserve.operator.sharding import ShardSet
 
 log = logging.getLogger(__name__)
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
@@ -80,6 +81,8 @@ class OperatorOptions:
     autoscaler: AutoscalerOptions | None = field(default_factory=lambda: AutoscalerOptions(tick_s=2.0))
     # The ingest key file (a mounted Secret): each model gets a usage write-credential Secret
     ingest_key_file: str | None = None
+    # --shards: this replica reconciles only the models of the shards it holds (sharding.py)
+    shards: ShardSet | None = None
 
 
 RESERVATION_S = 120.0  # how long a new placement holds its GPUs while its pods are being created
@@ -115,6 +118,16 @@ class ControllerState:
     held: Callable[[str, str], int] | None = None  # requests the activators hold, per (namespace, model)
     rounds: AutoscalerRounds | None = None  # every model's autoscaler tick, made by the first daemon
     credentials: UsageCredentials | None = None  # per-model usage write credentials (--ingest-key-file)
+    shards: ShardSet | None = None  # the shards this replica holds (--shards); None: every object is ours
+    shards_changed: asyncio.Event = field(default_factory=asyncio.Event)  # set, then replaced, on each change
+
+    def owns(self, namespace: str, name: str) -> bool:
+        """Whether this replica reconciles ``namespace/name`` (always, unless sharded)."""
+        return self.shards is None or self.shards.owns(namespace, name)
+
+    def acting(self, key: tuple[str, str]) -> contextlib.AbstractContextManager[bool]:
+        """Bracket one reconcile: False when the model's shard is not ours (then do nothing)."""
+        return self.shards.acting(*key) if self.shards is not None else contextlib.nullcontext(True)
 
     def reserved(self, gpu_pods: list[dict[str, Any]], exclude_uid: str | None = None) -> dict[str, int]:
         """GPUs per pool promised to new placements of other models and not yet held by their pods.
@@ -209,7 +222,10 @@ def run_reconcile(model: dict[str, Any], indexes: dict[str, Any], state: Control
     # a new placement reads free capacity and then takes some: one at a time, so models created
     # together see each other's GPUs (the planning lock is always taken before a model's lock)
     fresh = needs_placement(model, state.last_status.get(md["uid"]))
-    with state.planning if fresh else contextlib.nullcontext(), state.lock_for(key):
+    with state.acting(key) as ours, state.planning if fresh and ours else contextlib.nullcontext(), \
+            state.lock_for(key):
+        if not ours:  # another replica holds this model's shard
+            return
         observed = observe(model, indexes, state, fresh)
         result, status = reconcile(observed, state.kube, state.settings, state.applied, _now(),
                                    state.last_status.get(md["uid"]), clock=time.monotonic(),
@@ -290,7 +306,7 @@ async def _owned_event(event: Any, body: Any, memo: Any, **kwargs: Any) -> None:
     if key is None or models is None or key not in models:
         return
     state: ControllerState = memo.deepserve
-    if _echo_or_unchanged(event.get("type") or "", body, state):
+    if not state.owns(*key) or _echo_or_unchanged(event.get("type") or "", body, state):
         return
     model = next(iter(models[key]))
     try:
@@ -316,19 +332,29 @@ async def _model_daemon(options: OperatorOptions, name: str, namespace: str, mem
     key, models = (namespace, name), kwargs["ds_models"]
     scaling = None
     if options.autoscaler is not None:
-        if state.rounds is None:
+        if state.rounds is None:  # a model of a shard not ours is skipped like a model gone
             state.rounds = AutoscalerRounds(options.autoscaler.tick_s,
-                                            lambda k: next(iter(models[k]), None) if k in models else None)
+                                            lambda k: next(iter(models[k]), None)
+                                            if k in models and state.owns(*k) else None)
         scaling = ModelScaling(state.kube, namespace, name, options.autoscaler,
                                pools=lambda: state.pools.get(lambda: discovered_pools(kwargs, state.discovery)),
                                ranked=ranked_candidates, held=state.held)
         state.rounds.add(key, scaling)
     loop = asyncio.get_running_loop()
     resync_at = loop.time() + options.resync_seconds if options.resync_seconds > 0 else float("inf")
+    ours = state.owns(*key)
     try:
         while key in models and not stopped:  # kopf may not stop daemons of objects deleted without a finalizer
-            await stopped.wait(max(0.0, min(DAEMON_CHECK_S, resync_at - loop.time())))
-            if stopped or key not in models or loop.time() < resync_at:
+            await _wait_stop_or_shards(stopped, state, max(0.0, min(DAEMON_CHECK_S, resync_at - loop.time())))
+            if stopped or key not in models:
+                continue
+            ours, was_ours = state.owns(*key), ours
+            if was_ours and not ours:  # another replica reconciles it now: our memory of it goes stale
+                state.forget(key, next(iter(models[key]))["metadata"].get("uid"))
+            # a shard just gained (or a model this replica never reconciled): reconcile now, so
+            # nothing created or changed while the previous holder was away is missed
+            relist = ours and next(iter(models[key]))["metadata"].get("uid") not in state.last_status
+            if not relist and (loop.time() < resync_at or not ours):
                 continue
             resync_at = loop.time() + options.resync_seconds
             try:
@@ -340,6 +366,24 @@ async def _model_daemon(options: OperatorOptions, name: str, namespace: str, mem
     finally:
         if scaling is not None and state.rounds is not None:
             state.rounds.remove(key, scaling)
+
+
+async def _wait_stop_or_shards(stopped: kopf.DaemonStopped, state: ControllerState, timeout: float) -> None:
+    """Sleep up to ``timeout``, waking early when the daemon is stopped or (sharded) when this
+    replica's shards change."""
+    if state.shards is None:
+        await stopped.wait(timeout)
+        return
+
+    async def stop_wait() -> None:
+        await stopped.wait(timeout)
+
+    waits = {asyncio.ensure_future(stop_wait()), asyncio.ensure_future(state.shards_changed.wait())}
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 # Index functions are coroutines although they do no I/O: kopf runs a plain function on its
@@ -371,6 +415,13 @@ async def _index_node(body: Any, **_: Any) -> dict[Any, Any]:
 
 async def _index_pool(body: Any, **_: Any) -> dict[Any, Any]:
     return {None: plain(body)}
+
+
+def _in_shards(shards: ShardSet) -> Callable[..., bool]:
+    """A kopf ``when=`` filter: the object's shard is held by this replica."""
+    def when(name: str, namespace: str | None, **_: Any) -> bool:
+        return shards.owns(namespace or "", name)
+    return when
 
 
 def _index(registry: kopf.OperatorRegistry, resource: tuple[str, str, str], id_: str,
@@ -413,7 +464,23 @@ def register(registry: kopf.OperatorRegistry, options: OperatorOptions, gateway_
         memo.deepserve = ControllerState(kube=kube, settings=options.settings,
                                          pools=TtlCache(options.pool_cache_seconds),
                                          held=ActivatorHeld(activators) if activators else None,
-                                         credentials=credentials)
+                                         credentials=credentials, shards=options.shards)
+
+    if options.shards is not None:
+        @kopf.on.startup(registry=registry)
+        async def follow_shards(memo: Any, **_: Any) -> None:
+            state: ControllerState = memo.deepserve
+            loop = asyncio.get_running_loop()
+
+            def changed() -> None:  # wake every model daemon (they reconcile what they gained)
+                event, state.shards_changed = state.shards_changed, asyncio.Event()
+                event.set()
+
+            def listener(gained: frozenset[int], lost: frozenset[int]) -> None:  # on the Lease thread
+                loop.call_soon_threadsafe(changed)
+
+            assert options.shards is not None
+            options.shards.subscribe(listener)
 
     @kopf.on.login(registry=registry)
     def login(settings: kopf.OperatorSettings, **kwargs: Any) -> Any:
@@ -444,8 +511,10 @@ def register(registry: kopf.OperatorRegistry, options: OperatorOptions, gateway_
     _index(registry, ("", "v1", "nodes"), "ds_nodes", _index_node)
     _index(registry, (GROUP, VERSION, "gpunodepools"), "ds_pools", _index_pool)
 
+    # sharded: kopf is blind to models of shards not ours (no handler runs, no state is stored)
+    ours = None if options.shards is None else _in_shards(options.shards)
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
-        decorator(*MODELS, registry=registry, id=f"ds_reconcile_{decorator.__name__}")(_model_handler)
+        decorator(*MODELS, registry=registry, id=f"ds_reconcile_{decorator.__name__}", when=ours)(_model_handler)
     if options.resync_seconds > 0 or options.autoscaler is not None:
         # stop: the daemon only leaves the shared rounds; a tick or resync in flight finishes
         @kopf.daemon(*MODELS, registry=registry, id="ds_model_loop", cancellation_backoff=3, cancellation_timeout=5)
@@ -464,6 +533,8 @@ def register(registry: kopf.OperatorRegistry, options: OperatorOptions, gateway_
     @kopf.timer(GROUP, VERSION, "gpunodepools", registry=registry, interval=30, id="ds_pool_status")
     def pool_timer(body: Any, memo: Any, **kwargs: Any) -> None:
         state: ControllerState = memo.deepserve
+        if not state.owns("", body["metadata"]["name"]):  # sharded: pools are hashed into shards too
+            return
         pools = state.pools.get(lambda: discovered_pools(kwargs, state.discovery))
         status = pool_status(plain(body), flatten(kwargs.get("ds_nodes")), flatten(kwargs.get("ds_gpu_pods")),
                              pools, _now())
